@@ -1,0 +1,113 @@
+"""Checkpoints: one format for resuming training and for using a model.
+
+A checkpoint is a dict of tensors and plain Python values only (weights, optimizer state,
+counters, the config as a dict, the SentencePiece model as bytes), so it loads with
+``torch.load(weights_only=True)``: loading never runs code from the file. Writes go to a
+temporary file that is flushed, fsynced and renamed over the target, so a crash mid-save leaves
+the previous checkpoint intact.
+"""
+
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mt.config import RunConfig, run_config_from_dict, to_dict
+from mt.model import Transformer, build_model
+from mt.tokenizer import Tokenizer
+
+FORMAT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomically write ``payload`` to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise OSError(
+                f"could not write checkpoint {path} ({err}); the previous file is unchanged"
+            ) from err
+        raise
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely (no code execution) with errors that name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"checkpoint {path} was refused: it holds objects other than tensors and plain "
+            f"values, which could run code when loaded ({str(err).splitlines()[0]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise ValueError(
+            f"checkpoint {path} is truncated or corrupt and cannot be read ({err})"
+        ) from None
+    if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
+        raise ValueError(f"{path} is not an mt checkpoint (no model weights / config inside)")
+    return payload
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: Tokenizer
+    config: RunConfig
+    payload: dict[str, Any]
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
+    """Everything needed to translate, from the checkpoint alone, in eval mode."""
+    payload = load_checkpoint(path)
+    config = run_config_from_dict(payload["config"])
+    tokenizer = Tokenizer(payload["tokenizer"])
+    model = build_model(config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+    load_weights(model, payload["model"], source=str(path))
+    model.to(device).eval()
+    return LoadedModel(model, tokenizer, config, payload)
+
+
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """``load_state_dict`` with an error that lists which tensors differ and how."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{name}: checkpoint {tuple(state[name].shape)} vs model {tuple(own[name].shape)}"
+        for name in own
+        if name in state and state[name].shape != own[name].shape
+    ]
+    if missing or unexpected or mismatched:
+        details = "; ".join(
+            mismatched[:5]
+            + ([f"missing {missing[:5]}"] if missing else [])
+            + ([f"unexpected {unexpected[:5]}"] if unexpected else [])
+        )
+        raise ValueError(f"checkpoint {source} does not match the model config: {details}")
+    model.load_state_dict(state)
+
+
+def model_payload(model: torch.nn.Module, config: RunConfig, tokenizer: Tokenizer) -> dict:
+    """The part of a checkpoint that makes it usable for translation."""
+    return {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": to_dict(config),
+        "tokenizer": tokenizer.model_proto,
+    }

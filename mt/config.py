@@ -1,0 +1,260 @@
+"""Typed configuration: the schema of every option, and its Hydra registration.
+
+The YAML files under ``configs/`` only choose values; these dataclasses define which keys exist
+and their types, so a typo (``train.max_step=5``) or a wrong type fails when Hydra composes the
+config, before any work starts. Field names equal the constructor arguments they feed.
+
+Only this module and ``scripts/`` know about Hydra / OmegaConf; the rest of ``mt`` receives the
+plain dataclasses below.
+"""
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
+
+
+@dataclass
+class DataConfig:
+    """Where the parallel corpus comes from and how it is cleaned and tokenised."""
+
+    name: str = "multi30k"
+    """A label for logs and run names; the code never branches on it."""
+    dir: str = "data/multi30k"
+    """Folder of ``{split}.{lang}`` or ``{split}.{lang}.gz`` files (one sentence per line)."""
+    download_url: Optional[str] = None
+    """Base URL to fetch missing ``{split}.{lang}.gz`` files from (for users who are online)."""
+    hub_name: Optional[str] = None
+    """A Hugging Face hub dataset with a ``translation`` field; when set, ``dir`` is not read."""
+    hub_config: Optional[str] = None
+    """The hub dataset's configuration name, e.g. ``de-en``."""
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test_2016_flickr"
+    max_train_pairs: Optional[int] = None
+    """Use only the first N training pairs (quick runs)."""
+    vocab_size: int = 8000
+    """Size of the joint SentencePiece vocabulary shared by source and target."""
+    spm_model_type: str = "unigram"
+    spm_max_sentences: int = 2_000_000
+    """SentencePiece is trained on at most this many sentences (sampled) of the training split."""
+    max_tokens: int = 250
+    """Training pairs with more subword tokens than this on either side are dropped."""
+    max_len_ratio: float = 3.0
+    """Training pairs whose token-length ratio exceeds this (both sides > 5 tokens) are dropped."""
+    cache_dir: Optional[str] = None
+    """Arrow cache of ``datasets`` (None: the library's default, ~/.cache/huggingface)."""
+
+
+@dataclass
+class ModelConfig:
+    """Transformer sizes (Vaswani et al. 2017, Table 3 names them the same way)."""
+
+    name: str = "tiny"
+    d_model: int = 256
+    n_heads: int = 4
+    d_ff: int = 1024
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    pre_norm: bool = True
+    """Layer norm before each sub-layer (stabler, no warm-up sensitivity); False = the paper's."""
+    max_positions: int = 1024
+    """Longest sequence (in subword tokens) the positional table covers."""
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop: stopping, batching, schedule, validation."""
+
+    max_steps: Optional[int] = None
+    max_epochs: Optional[int] = 50
+    max_minutes: Optional[float] = None
+    """Stop after this much wall-clock training, then finish as usual (test, metrics)."""
+    batch_tokens: int = 4096
+    """Token budget per batch: sentences x longest side (padded) stays at or under it."""
+    lr: float = 1.5e-3
+    """Peak learning rate, reached after ``warmup_steps`` and then decayed as 1/sqrt(step)."""
+    warmup_steps: int = 300
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.98
+    adam_eps: float = 1e-9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    clip_norm: float = 1.0
+    val_every_steps: int = 200
+    log_every_steps: int = 25
+    val_bleu: bool = True
+    """Compute greedy BLEU on the validation split at each validation (selects ``best``)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``..."""
+    num_threads: Optional[int] = None
+    """CPU threads for torch (None: torch's default, one per core)."""
+    progress_bar: bool = True
+
+
+@dataclass
+class DecodeConfig:
+    """Search settings for test translation, evaluation and the translator."""
+
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    """Hypothesis scores are divided by length ** length_penalty (0: no normalisation)."""
+    max_len_a: float = 1.5
+    max_len_b: int = 10
+    """Outputs stop at ``max_len_a * source_length + max_len_b`` tokens."""
+    n_best: int = 1
+    batch_tokens: int = 6000
+    """Source tokens per decoding batch (inputs are sorted by length first)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything ``scripts/train.py`` needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    seed: int = 1
+
+
+@dataclass
+class DataOverrides:
+    """Data options that ``evaluate``/``translate`` may change from the checkpoint's config."""
+
+    dir: Optional[str] = None
+    hub_name: Optional[str] = None
+    hub_config: Optional[str] = None
+    src_lang: Optional[str] = None
+    tgt_lang: Optional[str] = None
+    test_split: Optional[str] = None
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class EvaluateConfig:
+    """``scripts/evaluate.py``: score a checkpoint on a split."""
+
+    checkpoint: str = "???"
+    split: str = "test"
+    """``train``/``val``/``test`` (the names configured in data) or a literal split name."""
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    batch_tokens: int = 6000
+    output: Optional[str] = None
+    """Where to write the translations (default: next to the checkpoint)."""
+    device: str = "auto"
+    data: DataOverrides = field(default_factory=DataOverrides)
+
+
+@dataclass
+class TranslateConfig:
+    """``scripts/translate.py``: translate lines typed at a prompt or piped through stdin."""
+
+    checkpoint: str = "???"
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    n_best: int = 1
+    batch_size: int = 64
+    """Lines read from a pipe are translated this many at a time."""
+    device: str = "auto"
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: impossible values fail in one line, naming the option.
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    """Raise ValueError naming the option when a value cannot work."""
+    m, t, d, dec = cfg.model, cfg.train, cfg.data, cfg.decode
+    _positive("model", m, ["d_model", "n_heads", "d_ff", "n_encoder_layers",
+                            "n_decoder_layers", "max_positions"])
+    if m.d_model % m.n_heads:
+        raise ValueError(
+            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}: "
+            "choose sizes where d_model / n_heads is a whole number"
+        )
+    _probability("model.dropout", m.dropout)
+    _probability("model.attention_dropout", m.attention_dropout)
+    _positive("train", t, ["batch_tokens", "val_every_steps", "log_every_steps"])
+    for name in ("max_steps", "max_epochs", "max_minutes"):
+        value = getattr(t, name)
+        if value is not None and value <= 0:
+            raise ValueError(f"train.{name}={value} must be positive (or null for no limit)")
+    if t.max_steps is None and t.max_epochs is None and t.max_minutes is None:
+        raise ValueError("set at least one of train.max_steps, train.max_epochs, train.max_minutes")
+    if t.lr <= 0 or t.warmup_steps < 0:
+        raise ValueError(f"train.lr={t.lr} must be > 0 and train.warmup_steps >= 0")
+    _probability("train.label_smoothing", t.label_smoothing)
+    _positive("data", d, ["vocab_size", "max_tokens", "spm_max_sentences"])
+    if d.src_lang == d.tgt_lang:
+        raise ValueError(f"data.src_lang and data.tgt_lang are both {d.src_lang!r}")
+    if d.max_train_pairs is not None and d.max_train_pairs <= 0:
+        raise ValueError(f"data.max_train_pairs={d.max_train_pairs} must be positive")
+    validate_decode(dec.beam_size, dec.n_best, prefix="decode.")
+    _positive("decode", dec, ["batch_tokens", "max_len_b"])
+
+
+def validate_decode(beam_size: int, n_best: int = 1, prefix: str = "") -> None:
+    if beam_size < 1:
+        raise ValueError(f"{prefix}beam_size={beam_size} must be at least 1")
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"{prefix}n_best={n_best} must be between 1 and beam_size={beam_size}")
+
+
+def _positive(prefix: str, obj: Any, names: list[str]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value <= 0:
+            raise ValueError(f"{prefix}.{name}={value} must be positive")
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value} must be in [0, 1)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Plain-dict round trip, for checkpoints (which store only primitive types, see checkpoint.py).
+
+
+def to_dict(cfg: Any) -> dict:
+    assert is_dataclass(cfg)
+    return asdict(cfg)
+
+
+def run_config_from_dict(raw: dict) -> RunConfig:
+    """Rebuild a RunConfig from a checkpoint's dict; unknown keys (older versions) are ignored."""
+    return RunConfig(
+        data=_build(DataConfig, raw.get("data", {})),
+        model=_build(ModelConfig, raw.get("model", {})),
+        train=_build(TrainConfig, raw.get("train", {})),
+        decode=_build(DecodeConfig, raw.get("decode", {})),
+        seed=raw.get("seed", 1),
+    )
+
+
+def _build(cls: type, raw: dict) -> Any:
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in raw.items() if k in names})
+
+
+def from_hydra(cfg: Any) -> Any:
+    """A composed Hydra config (DictConfig over one of the schemas) -> the plain dataclass."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(cfg)
+
+
+def register_configs() -> None:
+    """Register the schemas with Hydra's ConfigStore (YAML files extend them by name)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+    cs.store(name="translate_schema", node=TranslateConfig)

@@ -1,0 +1,361 @@
+"""Parallel data: load (local files or a hub dataset), clean, tokenise, batch, collate.
+
+Everything goes through Hugging Face ``datasets``: local files are read once into an Arrow
+cache keyed by their path, size and modification time, and tokenisation is a cached ``.map``,
+so a second run on the same corpus and tokenizer starts without re-reading or re-encoding.
+
+Legend: B batch, S source length, T target length.
+"""
+
+import gzip
+import hashlib
+import logging
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import zip_longest
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from torch import Tensor
+
+from mt.config import DataConfig
+from mt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+datasets.disable_progress_bars()
+
+
+# ----------------------------------------------------------------------------------------------
+# Locating and reading raw text
+
+
+def split_path(directory: str | Path, split: str, lang: str) -> Path | None:
+    """``{split}.{lang}`` or ``{split}.{lang}.gz`` in ``directory``, whichever exists."""
+    for suffix in ("", ".gz"):
+        path = Path(directory) / f"{split}.{lang}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def ensure_split_files(cfg: DataConfig, split: str) -> tuple[Path, Path]:
+    """The source and target files of ``split``, downloading them if a URL is configured."""
+    paths = [split_path(cfg.dir, split, lang) for lang in (cfg.src_lang, cfg.tgt_lang)]
+    if None in paths and cfg.download_url:
+        for lang in (cfg.src_lang, cfg.tgt_lang):
+            if split_path(cfg.dir, split, lang) is None:
+                _download(f"{cfg.download_url}/{split}.{lang}.gz", Path(cfg.dir), split, lang)
+        paths = [split_path(cfg.dir, split, lang) for lang in (cfg.src_lang, cfg.tgt_lang)]
+    if None in paths:
+        directory = Path(cfg.dir)
+        found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+        raise FileNotFoundError(
+            f"split {split!r} of data.dir={cfg.dir}: expected {split}.{cfg.src_lang}[.gz] and "
+            f"{split}.{cfg.tgt_lang}[.gz]; found {found or 'no files (folder missing)'}. "
+            "Put the files there (one sentence per line, line i translating line i), or set "
+            "data.dir / data.src_lang / data.tgt_lang / data.*_split to match them."
+        )
+    return paths[0], paths[1]
+
+
+def _download(url: str, directory: Path, split: str, lang: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / f"{split}.{lang}.gz"
+    tmp = target.with_suffix(".gz.part")
+    log.info("downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(tmp, "wb") as out:
+            out.write(response.read())
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise FileNotFoundError(
+            f"{target} is missing and could not be downloaded from {url} ({err}). "
+            f"Offline? Copy the corpus files into {directory}/ ({split}.{lang}.gz etc.)."
+        ) from None
+    tmp.replace(target)
+
+
+def _open_text(path: Path):
+    opener = gzip.open if path.suffix == ".gz" else open
+    return opener(path, "rt", encoding="utf-8", newline="\n")
+
+
+def _clean(line: str) -> str:
+    return line.rstrip("\n").rstrip("\r").lstrip("\ufeff").strip()
+
+
+def read_pairs(src_path: str, tgt_path: str) -> Iterator[dict]:
+    """Yield ``{"src", "tgt"}`` line pairs; raise if the files differ in line count."""
+    with _open_text(Path(src_path)) as fs, _open_text(Path(tgt_path)) as ft:
+        for src, tgt in zip_longest(fs, ft):
+            if src is None or tgt is None:
+                n_src, n_tgt = _count_lines(Path(src_path)), _count_lines(Path(tgt_path))
+                raise ValueError(
+                    f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}: "
+                    "parallel files must have one line per sentence pair"
+                )
+            yield {"src": _clean(src), "tgt": _clean(tgt)}
+
+
+def _count_lines(path: Path) -> int:
+    with _open_text(path) as f:
+        return sum(1 for _ in f)
+
+
+def _file_fingerprint(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def load_split(cfg: DataConfig, split: str) -> datasets.Dataset:
+    """A split as a Dataset with string columns ``src`` and ``tgt``."""
+    if cfg.hub_name:
+        return _load_hub_split(cfg, split)
+    src_path, tgt_path = ensure_split_files(cfg, split)
+    try:
+        return datasets.Dataset.from_generator(
+            read_pairs,
+            gen_kwargs={"src_path": str(src_path), "tgt_path": str(tgt_path)},
+            cache_dir=cfg.cache_dir,
+            fingerprint=_file_fingerprint(src_path, tgt_path),
+        )
+    except datasets.exceptions.DatasetGenerationError as err:
+        cause = err.__cause__
+        if isinstance(cause, (ValueError, UnicodeDecodeError, OSError)):
+            raise ValueError(f"reading {src_path} / {tgt_path}: {cause}") from None
+        raise
+
+
+def _load_hub_split(cfg: DataConfig, split: str) -> datasets.Dataset:
+    """A hub dataset whose rows are ``{"translation": {src_lang: ..., tgt_lang: ...}}``."""
+    ds = datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=split, cache_dir=cfg.cache_dir)
+    if "translation" not in ds.column_names:
+        raise ValueError(
+            f"hub dataset {cfg.hub_name!r} has columns {ds.column_names}, "
+            "expected a 'translation' column of {language: sentence} dicts"
+        )
+    langs = set(ds[0]["translation"]) if len(ds) else set()
+    if langs and not {cfg.src_lang, cfg.tgt_lang} <= langs:
+        raise ValueError(
+            f"hub dataset {cfg.hub_name!r} has languages {sorted(langs)}; "
+            f"data.src_lang={cfg.src_lang!r} / data.tgt_lang={cfg.tgt_lang!r} must be among them"
+        )
+    return ds.map(
+        _from_translation,
+        batched=True,
+        fn_kwargs={"src_lang": cfg.src_lang, "tgt_lang": cfg.tgt_lang},
+        remove_columns=ds.column_names,
+    )
+
+
+def _from_translation(batch: dict, src_lang: str, tgt_lang: str) -> dict:
+    pairs = batch["translation"]
+    return {"src": [_clean(p[src_lang]) for p in pairs], "tgt": [_clean(p[tgt_lang]) for p in pairs]}
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenisation and filtering
+
+
+_PROCESSORS: dict[bytes, Tokenizer] = {}
+
+
+def _encode_batch(batch: dict, model_proto: bytes) -> dict:
+    tokenizer = _PROCESSORS.get(model_proto)
+    if tokenizer is None:
+        tokenizer = _PROCESSORS[model_proto] = Tokenizer(model_proto)
+    return {"src_ids": tokenizer.encode(batch["src"]), "tgt_ids": tokenizer.encode(batch["tgt"])}
+
+
+def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer) -> datasets.Dataset:
+    """Add ``src_ids`` / ``tgt_ids`` (cached by the dataset and tokenizer fingerprints)."""
+    return ds.map(_encode_batch, batched=True, fn_kwargs={"model_proto": tokenizer.model_proto})
+
+
+@dataclass
+class FilterStats:
+    kept: int
+    empty: int
+    too_long: int
+    bad_ratio: int
+
+
+def filter_training_pairs(
+    ds: datasets.Dataset, *, max_tokens: int, max_len_ratio: float
+) -> tuple[datasets.Dataset, FilterStats]:
+    """Drop empty pairs, pairs over ``max_tokens`` and pairs with an extreme length ratio."""
+    src_lens = np.array([len(x) for x in ds["src_ids"]])
+    tgt_lens = np.array([len(x) for x in ds["tgt_ids"]])
+    empty = (src_lens == 0) | (tgt_lens == 0)
+    too_long = ~empty & ((src_lens > max_tokens) | (tgt_lens > max_tokens))
+    longer = np.maximum(src_lens, tgt_lens)
+    shorter = np.maximum(np.minimum(src_lens, tgt_lens), 1)
+    bad_ratio = ~empty & ~too_long & (shorter > 5) & (longer / shorter > max_len_ratio)
+    keep = ~(empty | too_long | bad_ratio)
+    stats = FilterStats(int(keep.sum()), int(empty.sum()), int(too_long.sum()),
+                        int(bad_ratio.sum()))
+    if stats.kept == 0:
+        raise ValueError("no training pairs are left after dropping empty and too long pairs")
+    if keep.all():
+        return ds, stats
+    return ds.select(np.flatnonzero(keep)), stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Batching
+
+
+@dataclass
+class Batch:
+    src: Tensor  # (B, S) source ids + EOS, padded
+    tgt_in: Tensor  # (B, T) BOS + target ids, padded
+    tgt_out: Tensor  # (B, T) target ids + EOS, padded
+    n_tgt_tokens: int  # real (non-pad) target tokens, EOS included
+
+    def to(self, device: torch.device) -> "Batch":
+        return Batch(self.src.to(device, non_blocking=True),
+                     self.tgt_in.to(device, non_blocking=True),
+                     self.tgt_out.to(device, non_blocking=True), self.n_tgt_tokens)
+
+
+def token_batches(
+    src_lens: np.ndarray,
+    tgt_lens: np.ndarray,
+    batch_tokens: int,
+    *,
+    rng: np.random.Generator | None = None,
+) -> list[np.ndarray]:
+    """Group example indices into batches of similar lengths under a token budget.
+
+    Lengths include the EOS/BOS each side gets. Examples are sorted by (target, source) length,
+    with a random tie-break when ``rng`` is given, so padding is small; a batch grows while
+    ``n_sentences * longest side`` stays within ``batch_tokens`` (OpenNMT-py's "tokens" batch
+    type). With ``rng`` the batch order is shuffled too.
+    """
+    n = len(src_lens)
+    tie = rng.permutation(n) if rng is not None else np.arange(n)
+    order = np.lexsort((tie, src_lens, tgt_lens))  # last key is the primary one
+    longest = np.maximum(src_lens, tgt_lens)[order] + 1
+    batches, start, width = [], 0, 0
+    for i in range(n):
+        w = max(width, int(longest[i]))
+        if i > start and w * (i - start + 1) > batch_tokens:
+            batches.append(order[start:i])
+            start, w = i, int(longest[i])
+        width = w
+    if n:
+        batches.append(order[start:])
+    if rng is not None:
+        rng.shuffle(batches)
+    return batches
+
+
+def pad(sequences: list[list[int]], pad_id: int) -> Tensor:
+    """List of id lists -> (B, L) tensor padded with ``pad_id``."""
+    out = torch.full((len(sequences), max(map(len, sequences))), pad_id, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        out[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return out
+
+
+def collate(
+    src_ids: list[list[int]], tgt_ids: list[list[int]], tokenizer: Tokenizer
+) -> Batch:
+    eos, bos, pad_id = tokenizer.eos_id, tokenizer.bos_id, tokenizer.pad_id
+    src = pad([s + [eos] for s in src_ids], pad_id)
+    tgt_in = pad([[bos] + t for t in tgt_ids], pad_id)
+    tgt_out = pad([t + [eos] for t in tgt_ids], pad_id)
+    return Batch(src, tgt_in, tgt_out, sum(len(t) + 1 for t in tgt_ids))
+
+
+class ParallelData:
+    """Token ids of one split in memory, served as length-bucketed batches."""
+
+    def __init__(self, src_ids: list[list[int]], tgt_ids: list[list[int]],
+                 tokenizer: Tokenizer) -> None:
+        self.src_ids, self.tgt_ids, self.tokenizer = src_ids, tgt_ids, tokenizer
+        self.src_lens = np.array([len(s) for s in src_ids])
+        self.tgt_lens = np.array([len(t) for t in tgt_ids])
+
+    @classmethod
+    def from_dataset(cls, ds: datasets.Dataset, tokenizer: Tokenizer) -> "ParallelData":
+        return cls(ds["src_ids"], ds["tgt_ids"], tokenizer)
+
+    def __len__(self) -> int:
+        return len(self.src_ids)
+
+    def batches(self, batch_tokens: int, rng: np.random.Generator | None = None) -> list[Batch]:
+        groups = token_batches(self.src_lens, self.tgt_lens, batch_tokens, rng=rng)
+        return [
+            collate([self.src_ids[i] for i in g], [self.tgt_ids[i] for i in g], self.tokenizer)
+            for g in groups
+        ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Preparing a run's data: tokenizer trained on the training split, every split tokenised
+
+
+@dataclass
+class EvalSet:
+    """A split kept as text (for BLEU against the raw references) and as ids (for the loss)."""
+
+    name: str
+    sources: list[str]
+    references: list[str]
+    ids: ParallelData
+
+
+@dataclass
+class PreparedData:
+    tokenizer: Tokenizer
+    train: ParallelData
+    val: EvalSet
+    test: EvalSet
+    filter_stats: FilterStats
+
+
+def load_eval_set(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> EvalSet:
+    ds = tokenize(load_split(cfg, split), tokenizer)
+    return EvalSet(split, ds["src"], ds["tgt"], ParallelData.from_dataset(ds, tokenizer))
+
+
+def prepare_data(cfg: DataConfig, *, seed: int = 1) -> PreparedData:
+    """Load all splits, train the joint SentencePiece model, tokenise and filter.
+
+    The validation and test splits are loaded up front, so a missing file fails before
+    training rather than after it.
+    """
+    train = load_split(cfg, cfg.train_split)
+    if cfg.max_train_pairs is not None and cfg.max_train_pairs < len(train):
+        train = train.select(range(cfg.max_train_pairs))
+    # Validate the held-out files exist before the (slower) tokenizer training.
+    for split in (cfg.val_split, cfg.test_split):
+        if not cfg.hub_name:
+            ensure_split_files(cfg, split)
+    texts = (text for column in ("src", "tgt") for text in train[column])
+    tokenizer = Tokenizer.train(
+        texts, vocab_size=cfg.vocab_size, model_type=cfg.spm_model_type,
+        max_sentences=cfg.spm_max_sentences, seed=seed,
+    )
+    train_ids, stats = filter_training_pairs(
+        tokenize(train, tokenizer), max_tokens=cfg.max_tokens, max_len_ratio=cfg.max_len_ratio
+    )
+    log.info(
+        "training pairs: %d kept, %d empty, %d longer than %d tokens, %d with length ratio > %g",
+        stats.kept, stats.empty, stats.too_long, cfg.max_tokens, stats.bad_ratio,
+        cfg.max_len_ratio,
+    )
+    return PreparedData(
+        tokenizer=tokenizer,
+        train=ParallelData.from_dataset(train_ids, tokenizer),
+        val=load_eval_set(cfg, cfg.val_split, tokenizer),
+        test=load_eval_set(cfg, cfg.test_split, tokenizer),
+        filter_stats=stats,
+    )

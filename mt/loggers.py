@@ -1,0 +1,71 @@
+"""A tiny metric-logging protocol and its implementations (TensorBoard, console, in-memory).
+
+The trainer only calls ``log_dict(metrics, step)``; tests pass a ListLogger and read it back.
+"""
+
+import logging
+from pathlib import Path
+from typing import Protocol
+
+log = logging.getLogger("mt")
+
+
+class MetricLogger(Protocol):
+    def log_dict(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoardLogger:
+    """Scalars to TensorBoard event files in ``log_dir``."""
+
+    def __init__(self, log_dir: str | Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def log_dict(self, metrics: dict[str, float], step: int) -> None:
+        for name, value in metrics.items():
+            self.writer.add_scalar(name, value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class ConsoleLogger:
+    """Validation metrics as one readable line in the log."""
+
+    def log_dict(self, metrics: dict[str, float], step: int) -> None:
+        if any(name.startswith("val/") for name in metrics):
+            text = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            log.info("step %d | %s", step, text)
+
+    def close(self) -> None:
+        pass
+
+
+class ListLogger:
+    """Keeps every call: for tests."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, dict[str, float]]] = []
+
+    def log_dict(self, metrics: dict[str, float], step: int) -> None:
+        self.records.append((step, dict(metrics)))
+
+    def close(self) -> None:
+        pass
+
+
+class MultiLogger:
+    def __init__(self, *loggers: MetricLogger) -> None:
+        self.loggers = loggers
+
+    def log_dict(self, metrics: dict[str, float], step: int) -> None:
+        for logger in self.loggers:
+            logger.log_dict(metrics, step)
+
+    def close(self) -> None:
+        for logger in self.loggers:
+            logger.close()

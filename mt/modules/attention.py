@@ -1,0 +1,169 @@
+"""Scaled dot-product attention and multi-head attention (Vaswani et al. 2017, section 3.2).
+
+Legend: B batch, H heads, Tq query length, Tk key length, D d_model, Dh head dim (D / H).
+
+Two paths compute the same function:
+- the explicit one, ``softmax(Q K^T / sqrt(Dh)) V`` written out, which also returns the
+  attention weights (for inspection, plots and tests);
+- the fused one, ``torch.nn.functional.scaled_dot_product_attention``, used whenever the
+  weights are not requested (faster, less memory).
+"""
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from mt.masks import causal_mask
+
+
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """``softmax(q k^T / sqrt(Dh)) v``, written out.
+
+    Args:
+        q: (B, H, Tq, Dh); k, v: (B, H, Tk, Dh).
+        mask: bool, broadcastable to (B, H, Tq, Tk); True = may attend.
+    Returns:
+        output (B, H, Tq, Dh) and weights (B, H, Tq, Tk), each row summing to 1.
+    """
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    if mask is not None:
+        # The dtype's minimum, not -1e9: exact zeros after softmax in any precision.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1)
+    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
+    return dropped @ v, weights
+
+
+class KVCache:
+    """Keys and values of the tokens decoded so far, for one self-attention layer.
+
+    Step-by-step decoding appends one position per step instead of recomputing the past.
+    """
+
+    def __init__(self) -> None:
+        self.k: Tensor | None = None  # (B, H, t, Dh)
+        self.v: Tensor | None = None
+
+    def append(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.k is None:
+            self.k, self.v = k, v
+        else:
+            self.k = torch.cat([self.k, k], dim=2)  # (B, H, t+1, Dh)
+            self.v = torch.cat([self.v, v], dim=2)
+        return self.k, self.v
+
+    def index_select(self, index: Tensor) -> None:
+        """Keep/reorder batch rows (beam search reordering, dropping finished sentences)."""
+        if self.k is not None:
+            self.k = self.k.index_select(0, index)
+            self.v = self.v.index_select(0, index)
+
+
+class MultiHeadAttention(nn.Module):
+    """H attention heads over learned projections of queries, keys and values (section 3.2.2).
+
+    Set ``need_weights`` (see :func:`capture_attention`) to get the weights from the explicit
+    path; otherwise the fused kernel runs.
+    """
+
+    def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.need_weights = False
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+
+    def project_kv(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, Tk, D) -> keys, values (B, H, Tk, Dh): done once per sentence for memory."""
+        return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+
+    def forward(
+        self,
+        query: Tensor,
+        key_value: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        kv: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attend from ``query`` (B, Tq, D) to keys/values.
+
+        Keys/values come from ``kv`` (already projected, e.g. the encoder memory), else from
+        ``key_value`` (B, Tk, D), else from ``query`` itself (self-attention). With ``cache``
+        the new positions' keys/values are appended to those of earlier steps.
+
+        Returns:
+            output (B, Tq, D) and weights (B, H, Tq, Tk) when ``need_weights``, else None.
+        """
+        q = self.split_heads(self.q_proj(query))  # (B, H, Tq, Dh)
+        if kv is None:
+            k, v = self.project_kv(query if key_value is None else key_value)
+            if cache is not None:
+                k, v = cache.append(k, v)  # (B, H, t, Dh): all steps so far
+        else:
+            k, v = kv
+        out, weights = self.attend(q, k, v, mask=mask, is_causal=is_causal)
+        b, _, tq, _ = out.shape
+        out = out.transpose(1, 2).reshape(b, tq, self.n_heads * self.head_dim)  # (B, Tq, D)
+        return self.out_proj(out), weights
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, is_causal: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        dropout_p = self.dropout if self.training else 0.0
+        if self.need_weights:
+            if is_causal:
+                causal = causal_mask(q.size(2), q.device)
+                mask = causal if mask is None else mask & causal
+            return scaled_dot_product_attention(q, k, v, mask, dropout_p)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal and mask is None
+        )
+        return out, None
+
+
+@contextmanager
+def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
+    """Record the attention weights of every MultiHeadAttention in ``model``.
+
+    Yields a dict from module name (e.g. ``decoder.layers.2.cross_attn``) to the list of weights
+    (B, H, Tq, Tk) it produced, one per call, in call order::
+
+        with capture_attention(model) as weights:
+            model(src, tgt_in)
+        cross = weights["decoder.layers.0.cross_attn"][0]
+    """
+    records: dict[str, list[Tensor]] = {}
+    handles = []
+    modules = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+    for name, module in modules:
+        module.need_weights = True
+
+        def hook(_module, _inputs, output, name=name):
+            records.setdefault(name, []).append(output[1].detach())
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+        for _, module in modules:
+            module.need_weights = False

@@ -1,0 +1,111 @@
+"""Joint SentencePiece subwords: training, and the id space of the whole toolkit.
+
+One model serves source and target (the embedding table is shared, see model.py). Byte fallback
+is on, so any input, in any script, maps to ids: unknown characters become UTF-8 byte pieces
+instead of <unk>. The model is kept as serialized bytes, which a checkpoint stores, so a
+checkpoint alone is enough to translate.
+"""
+
+import io
+import random
+from collections.abc import Iterable
+from pathlib import Path
+
+import sentencepiece as spm
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+
+
+class Tokenizer:
+    """Strings <-> subword ids, from a serialized SentencePiece model."""
+
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def __init__(self, model_proto: bytes) -> None:
+        self.model_proto = model_proto
+        self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        return self.sp.encode(texts, out_type=int)
+
+    def encode_pieces(self, text: str) -> list[str]:
+        return self.sp.encode(text, out_type=str)
+
+    def decode(self, ids: list[list[int]]) -> list[str]:
+        return self.sp.decode(ids)
+
+    def id_to_piece(self, token_id: int) -> str:
+        return self.sp.id_to_piece(token_id)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_bytes(self.model_proto)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Tokenizer":
+        return cls(Path(path).read_bytes())
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        *,
+        vocab_size: int,
+        model_type: str = "unigram",
+        max_sentences: int = 2_000_000,
+        seed: int = 1,
+    ) -> "Tokenizer":
+        """Train on ``texts`` (source and target sentences together).
+
+        At most ``max_sentences`` are used, drawn uniformly (reservoir sampling), so memory stays
+        bounded on large corpora.
+        """
+        sample = _reservoir_sample(texts, max_sentences, seed)
+        if not sample:
+            raise ValueError("cannot train SentencePiece: the training split has no text")
+        # SentencePiece's own sampler is off: we sampled already, reproducibly.
+        options = dict(
+            model_type=model_type,
+            vocab_size=vocab_size,
+            character_coverage=1.0,
+            byte_fallback=True,
+            pad_id=PAD_ID,
+            unk_id=UNK_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            input_sentence_size=0,
+            num_threads=2,
+            minloglevel=2,
+        )
+        writer = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(sample), model_writer=writer, **options
+            )
+        except RuntimeError as err:
+            message = str(err)
+            if "Vocabulary size" in message:
+                raise ValueError(
+                    f"data.vocab_size={vocab_size} is too large for this corpus "
+                    f"(SentencePiece: {message.strip()}); lower data.vocab_size"
+                ) from None
+            raise
+        return cls(writer.getvalue())
+
+
+def _reservoir_sample(texts: Iterable[str], k: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    sample: list[str] = []
+    for i, text in enumerate(texts):
+        if not text:
+            continue
+        if len(sample) < k:
+            sample.append(text)
+        else:
+            j = rng.randint(0, i)
+            if j < k:
+                sample[j] = text
+    return sample

@@ -1,0 +1,115 @@
+"""Strings in, strings out: the one translation path behind training's test pass, evaluate and
+translate.
+
+Inputs are sorted by length and cut into token-budget batches (little padding), searched, and
+put back in input order. Empty inputs give empty outputs without touching the model.
+"""
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mt.data import pad
+from mt.model import Transformer
+from mt.search import SpecialIds, beam_search, greedy_search
+from mt.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Translation:
+    text: str
+    score: float | None  # length-normalised log-probability (beam search only)
+
+
+class Translator:
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        *,
+        beam_size: int = 5,
+        length_penalty: float = 1.0,
+        max_len_a: float = 1.5,
+        max_len_b: int = 10,
+        batch_tokens: int = 6000,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.beam_size, self.length_penalty = beam_size, length_penalty
+        self.max_len_a, self.max_len_b = max_len_a, max_len_b
+        self.batch_tokens = batch_tokens
+        self.ids = SpecialIds(pad=tokenizer.pad_id, bos=tokenizer.bos_id, eos=tokenizer.eos_id)
+        # Source ids + EOS must fit the positional table.
+        self.max_src_tokens = model.max_positions - 1
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """One output string per input line."""
+        return [nbest[0].text for nbest in self.translate_nbest(lines, n_best=1)]
+
+    def translate_nbest(self, lines: list[str], n_best: int = 1) -> list[list[Translation]]:
+        """For each line its ``n_best`` translations, best first (greedy when beam_size is 1)."""
+        if n_best > self.beam_size:
+            raise ValueError(f"n_best={n_best} cannot exceed beam_size={self.beam_size}")
+        encoded = self._encode(lines)
+        results: list[list[Translation]] = [[Translation("", None)] for _ in lines]
+        todo = [i for i, ids in enumerate(encoded) if ids]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for batch in self._batches(todo, encoded):
+                for i, nbest in zip(batch, self._search([encoded[i] for i in batch], n_best)):
+                    results[i] = nbest
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _encode(self, lines: list[str]) -> list[list[int]]:
+        encoded = self.tokenizer.encode([line.strip() for line in lines])
+        for n, ids in enumerate(encoded):
+            if len(ids) > self.max_src_tokens:
+                log.warning(
+                    "input line %d has %d subword tokens; cut to the model's maximum of %d",
+                    n + 1, len(ids), self.max_src_tokens,
+                )
+                encoded[n] = ids[: self.max_src_tokens]
+        return encoded
+
+    def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
+        order = sorted(todo, key=lambda i: len(encoded[i]))
+        batches, current, width = [], [], 0
+        for i in order:
+            w = max(width, len(encoded[i]) + 1)
+            if current and w * (len(current) + 1) > self.batch_tokens:
+                batches.append(current)
+                current, w = [], len(encoded[i]) + 1
+            current.append(i)
+            width = w
+        if current:
+            batches.append(current)
+        return batches
+
+    def _search(self, sources: list[list[int]], n_best: int) -> list[list[Translation]]:
+        src = pad([s + [self.ids.eos] for s in sources], self.ids.pad).to(self.device)
+        lengths = dict(max_len_a=self.max_len_a, max_len_b=self.max_len_b)
+        if self.beam_size == 1:
+            outputs = greedy_search(self.model, src, self.ids, **lengths)
+            return [[Translation(text, None)] for text in self.tokenizer.decode(outputs)]
+        hyps = beam_search(
+            self.model, src, self.ids, beam_size=self.beam_size,
+            length_penalty=self.length_penalty, n_best=n_best, **lengths,
+        )
+        texts = self.tokenizer.decode([h.tokens for nbest in hyps for h in nbest])
+        scores = np.array([h.score for nbest in hyps for h in nbest])
+        out, pos = [], 0
+        for nbest in hyps:
+            out.append([Translation(texts[pos + j], float(scores[pos + j]))
+                        for j in range(len(nbest))])
+            pos += len(nbest)
+        return out

@@ -1,0 +1,39 @@
+"""Train a translation model: ``python scripts/train.py [group=choice] [key=value ...]``.
+
+Examples::
+
+    python scripts/train.py                                  # Multi30k de->en, model=tiny
+    python scripts/train.py model=base train.max_steps=100000
+    python scripts/train.py data=folder data.dir=corpus data.src_lang=fr data.tgt_lang=en
+"""
+
+import json
+import logging
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mt.cli import user_errors
+from mt.config import from_hydra, register_configs, validate_run_config
+from mt.trainer import Trainer
+
+register_configs()
+log = logging.getLogger("mt")
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        run = from_hydra(cfg)
+        validate_run_config(run)
+        run_dir = HydraConfig.get().runtime.output_dir
+        metrics = Trainer(run, run_dir).fit()
+    test = metrics["test"]
+    print(json.dumps({"run_dir": run_dir, "test": test, "train": metrics["train"]}, indent=2))
+    print(f"test BLEU {test['bleu']:.2f} ({test['split']}, beam {test['beam_size']}) "
+          f"chrF {test['chrf']:.2f} | {test['bleu_signature']}")
+
+
+if __name__ == "__main__":
+    main()
