@@ -9,7 +9,7 @@ plain dataclasses below.
 """
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
 
@@ -22,18 +22,18 @@ class DataConfig:
     """A label for logs and run names; the code never branches on it."""
     dir: str = "data/multi30k"
     """Folder of ``{split}.{lang}`` or ``{split}.{lang}.gz`` files (one sentence per line)."""
-    download_url: Optional[str] = None
+    download_url: str | None = None
     """Base URL to fetch missing ``{split}.{lang}.gz`` files from (for users who are online)."""
-    hub_name: Optional[str] = None
+    hub_name: str | None = None
     """A Hugging Face hub dataset with a ``translation`` field; when set, ``dir`` is not read."""
-    hub_config: Optional[str] = None
+    hub_config: str | None = None
     """The hub dataset's configuration name, e.g. ``de-en``."""
     src_lang: str = "de"
     tgt_lang: str = "en"
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test_2016_flickr"
-    max_train_pairs: Optional[int] = None
+    max_train_pairs: int | None = None
     """Use only the first N training pairs (quick runs)."""
     vocab_size: int = 8000
     """Size of the joint SentencePiece vocabulary shared by source and target."""
@@ -44,7 +44,7 @@ class DataConfig:
     """Training pairs with more subword tokens than this on either side are dropped."""
     max_len_ratio: float = 3.0
     """Training pairs whose token-length ratio exceeds this (both sides > 5 tokens) are dropped."""
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     """Arrow cache of ``datasets`` (None: the library's default, ~/.cache/huggingface)."""
 
 
@@ -70,9 +70,9 @@ class ModelConfig:
 class TrainConfig:
     """The optimisation loop: stopping, batching, schedule, validation."""
 
-    max_steps: Optional[int] = None
-    max_epochs: Optional[int] = 50
-    max_minutes: Optional[float] = None
+    max_steps: int | None = None
+    max_epochs: int | None = 50
+    max_minutes: float | None = None
     """Stop after this much wall-clock training, then finish as usual (test, metrics)."""
     batch_tokens: int = 4096
     """Token budget per batch: sentences x longest side (padded) stays at or under it."""
@@ -91,7 +91,7 @@ class TrainConfig:
     """Compute greedy BLEU on the validation split at each validation (selects ``best``)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``..."""
-    num_threads: Optional[int] = None
+    num_threads: int | None = None
     """CPU threads for torch (None: torch's default, one per core)."""
     progress_bar: bool = True
 
@@ -126,13 +126,13 @@ class RunConfig:
 class DataOverrides:
     """Data options that ``evaluate``/``translate`` may change from the checkpoint's config."""
 
-    dir: Optional[str] = None
-    hub_name: Optional[str] = None
-    hub_config: Optional[str] = None
-    src_lang: Optional[str] = None
-    tgt_lang: Optional[str] = None
-    test_split: Optional[str] = None
-    cache_dir: Optional[str] = None
+    dir: str | None = None
+    hub_name: str | None = None
+    hub_config: str | None = None
+    src_lang: str | None = None
+    tgt_lang: str | None = None
+    test_split: str | None = None
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -145,7 +145,7 @@ class EvaluateConfig:
     beam_size: int = 5
     length_penalty: float = 1.0
     batch_tokens: int = 6000
-    output: Optional[str] = None
+    output: str | None = None
     """Where to write the translations (default: next to the checkpoint)."""
     device: str = "auto"
     data: DataOverrides = field(default_factory=DataOverrides)
@@ -171,8 +171,11 @@ class TranslateConfig:
 def validate_run_config(cfg: RunConfig) -> None:
     """Raise ValueError naming the option when a value cannot work."""
     m, t, d, dec = cfg.model, cfg.train, cfg.data, cfg.decode
-    _positive("model", m, ["d_model", "n_heads", "d_ff", "n_encoder_layers",
-                            "n_decoder_layers", "max_positions"])
+    _positive(
+        "model",
+        m,
+        ["d_model", "n_heads", "d_ff", "n_encoder_layers", "n_decoder_layers", "max_positions"],
+    )
     if m.d_model % m.n_heads:
         raise ValueError(
             f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}: "

@@ -13,7 +13,7 @@ import logging
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import zip_longest
+from itertools import chain, zip_longest
 from pathlib import Path
 
 import datasets
@@ -156,7 +156,10 @@ def _load_hub_split(cfg: DataConfig, split: str) -> datasets.Dataset:
 
 def _from_translation(batch: dict, src_lang: str, tgt_lang: str) -> dict:
     pairs = batch["translation"]
-    return {"src": [_clean(p[src_lang]) for p in pairs], "tgt": [_clean(p[tgt_lang]) for p in pairs]}
+    return {
+        "src": [_clean(p[src_lang]) for p in pairs],
+        "tgt": [_clean(p[tgt_lang]) for p in pairs],
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -198,8 +201,9 @@ def filter_training_pairs(
     shorter = np.maximum(np.minimum(src_lens, tgt_lens), 1)
     bad_ratio = ~empty & ~too_long & (shorter > 5) & (longer / shorter > max_len_ratio)
     keep = ~(empty | too_long | bad_ratio)
-    stats = FilterStats(int(keep.sum()), int(empty.sum()), int(too_long.sum()),
-                        int(bad_ratio.sum()))
+    stats = FilterStats(
+        int(keep.sum()), int(empty.sum()), int(too_long.sum()), int(bad_ratio.sum())
+    )
     if stats.kept == 0:
         raise ValueError("no training pairs are left after dropping empty and too long pairs")
     if keep.all():
@@ -219,9 +223,12 @@ class Batch:
     n_tgt_tokens: int  # real (non-pad) target tokens, EOS included
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.src.to(device, non_blocking=True),
-                     self.tgt_in.to(device, non_blocking=True),
-                     self.tgt_out.to(device, non_blocking=True), self.n_tgt_tokens)
+        return Batch(
+            self.src.to(device, non_blocking=True),
+            self.tgt_in.to(device, non_blocking=True),
+            self.tgt_out.to(device, non_blocking=True),
+            self.n_tgt_tokens,
+        )
 
 
 def token_batches(
@@ -256,29 +263,48 @@ def token_batches(
     return batches
 
 
-def pad(sequences: list[list[int]], pad_id: int) -> Tensor:
-    """List of id lists -> (B, L) tensor padded with ``pad_id``."""
-    out = torch.full((len(sequences), max(map(len, sequences))), pad_id, dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        out[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-    return out
+def pad(
+    sequences: list[list[int]],
+    pad_id: int,
+    *,
+    prefix: int | None = None,
+    suffix: int | None = None,
+) -> Tensor:
+    """Id lists -> (B, L) tensor padded with ``pad_id``, each row optionally framed by a
+    ``prefix`` (BOS) and a ``suffix`` (EOS) token. Vectorised: one scatter, no per-row tensors."""
+    n = len(sequences)
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=n)  # (B,)
+    start = int(prefix is not None)
+    width = int(lengths.max(initial=0)) + start + int(suffix is not None)
+    out = np.full((n, max(width, 1)), pad_id, dtype=np.int64)  # (B, L)
+    flat = np.fromiter(chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    rows = np.repeat(np.arange(n), lengths)
+    row_starts = np.cumsum(lengths) - lengths
+    cols = np.arange(flat.size) - np.repeat(row_starts, lengths) + start
+    out[rows, cols] = flat
+    if prefix is not None:
+        out[:, 0] = prefix
+    if suffix is not None:
+        out[np.arange(n), lengths + start] = suffix
+    return torch.from_numpy(out)
 
 
-def collate(
-    src_ids: list[list[int]], tgt_ids: list[list[int]], tokenizer: Tokenizer
-) -> Batch:
+def collate(src_ids: list[list[int]], tgt_ids: list[list[int]], tokenizer: Tokenizer) -> Batch:
     eos, bos, pad_id = tokenizer.eos_id, tokenizer.bos_id, tokenizer.pad_id
-    src = pad([s + [eos] for s in src_ids], pad_id)
-    tgt_in = pad([[bos] + t for t in tgt_ids], pad_id)
-    tgt_out = pad([t + [eos] for t in tgt_ids], pad_id)
-    return Batch(src, tgt_in, tgt_out, sum(len(t) + 1 for t in tgt_ids))
+    return Batch(
+        src=pad(src_ids, pad_id, suffix=eos),
+        tgt_in=pad(tgt_ids, pad_id, prefix=bos),
+        tgt_out=pad(tgt_ids, pad_id, suffix=eos),
+        n_tgt_tokens=sum(map(len, tgt_ids)) + len(tgt_ids),
+    )
 
 
 class ParallelData:
     """Token ids of one split in memory, served as length-bucketed batches."""
 
-    def __init__(self, src_ids: list[list[int]], tgt_ids: list[list[int]],
-                 tokenizer: Tokenizer) -> None:
+    def __init__(
+        self, src_ids: list[list[int]], tgt_ids: list[list[int]], tokenizer: Tokenizer
+    ) -> None:
         self.src_ids, self.tgt_ids, self.tokenizer = src_ids, tgt_ids, tokenizer
         self.src_lens = np.array([len(s) for s in src_ids])
         self.tgt_lens = np.array([len(t) for t in tgt_ids])
@@ -290,12 +316,12 @@ class ParallelData:
     def __len__(self) -> int:
         return len(self.src_ids)
 
-    def batches(self, batch_tokens: int, rng: np.random.Generator | None = None) -> list[Batch]:
-        groups = token_batches(self.src_lens, self.tgt_lens, batch_tokens, rng=rng)
-        return [
-            collate([self.src_ids[i] for i in g], [self.tgt_ids[i] for i in g], self.tokenizer)
-            for g in groups
-        ]
+    def batches(self, batch_tokens: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
+        """One pass over the data; batches are collated as they are consumed."""
+        for group in token_batches(self.src_lens, self.tgt_lens, batch_tokens, rng=rng):
+            yield collate(
+                [self.src_ids[i] for i in group], [self.tgt_ids[i] for i in group], self.tokenizer
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -341,15 +367,22 @@ def prepare_data(cfg: DataConfig, *, seed: int = 1) -> PreparedData:
             ensure_split_files(cfg, split)
     texts = (text for column in ("src", "tgt") for text in train[column])
     tokenizer = Tokenizer.train(
-        texts, vocab_size=cfg.vocab_size, model_type=cfg.spm_model_type,
-        max_sentences=cfg.spm_max_sentences, seed=seed,
+        texts,
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.spm_model_type,
+        max_sentences=cfg.spm_max_sentences,
+        seed=seed,
     )
     train_ids, stats = filter_training_pairs(
         tokenize(train, tokenizer), max_tokens=cfg.max_tokens, max_len_ratio=cfg.max_len_ratio
     )
     log.info(
         "training pairs: %d kept, %d empty, %d longer than %d tokens, %d with length ratio > %g",
-        stats.kept, stats.empty, stats.too_long, cfg.max_tokens, stats.bad_ratio,
+        stats.kept,
+        stats.empty,
+        stats.too_long,
+        cfg.max_tokens,
+        stats.bad_ratio,
         cfg.max_len_ratio,
     )
     return PreparedData(

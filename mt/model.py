@@ -34,8 +34,9 @@ class DecoderState:
         for cache in self.caches:
             cache.index_select(index)
         if memory:
-            self.memory_kv = [(k.index_select(0, index), v.index_select(0, index))
-                              for k, v in self.memory_kv]
+            self.memory_kv = [
+                (k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv
+            ]
             self.src_mask = self.src_mask.index_select(0, index)
 
 
@@ -61,10 +62,15 @@ class Transformer(nn.Module):
         self.pad_id = pad_id
         self.max_positions = max_positions
         self.embed = TokenEmbedding(vocab_size=vocab_size, d_model=d_model, pad_id=pad_id)
-        self.pos = PositionalEncoding(d_model=d_model, max_positions=max_positions,
-                                      dropout=dropout)
-        sizes = dict(d_model=d_model, n_heads=n_heads, d_ff=d_ff, dropout=dropout,
-                     attention_dropout=attention_dropout, pre_norm=pre_norm)
+        self.pos = PositionalEncoding(d_model=d_model, max_positions=max_positions, dropout=dropout)
+        sizes = dict(
+            d_model=d_model,
+            n_heads=n_heads,
+            d_ff=d_ff,
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            pre_norm=pre_norm,
+        )
         self.encoder_layers = nn.ModuleList(EncoderLayer(**sizes) for _ in range(n_encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(**sizes) for _ in range(n_decoder_layers))
         # Pre-norm stacks end un-normalised; a final norm fixes the scale (post-norm needs none).

@@ -8,7 +8,6 @@ the loss is read back only every ``log_every_steps``.
 import json
 import logging
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,23 +24,10 @@ from mt.loss import label_smoothed_nll
 from mt.metrics import score
 from mt.model import build_model, count_parameters
 from mt.optim import build_optimizer, build_scheduler
+from mt.runtime import resolve_device, set_seed
 from mt.translator import Translator
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} was asked for but CUDA is not available; use cpu")
-    return torch.device(name)
-
-
-def set_seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -83,8 +69,11 @@ class Trainer:
         )
         log.info(
             "model: %s, %.1fM parameters, vocabulary %d, device %s; %d training pairs",
-            cfg.model.name, count_parameters(self.model) / 1e6, self.tokenizer.vocab_size,
-            self.device, len(self.data.train),
+            cfg.model.name,
+            count_parameters(self.model) / 1e6,
+            self.tokenizer.vocab_size,
+            self.device,
+            len(self.data.train),
         )
 
     # -- one update ------------------------------------------------------------------------------
@@ -95,7 +84,9 @@ class Trainer:
         batch = batch.to(self.device)
         logits = self.model(batch.src, batch.tgt_in)  # (B, T, V)
         loss_sum, nll_sum, _ = label_smoothed_nll(
-            logits, batch.tgt_out, epsilon=self.cfg.train.label_smoothing,
+            logits,
+            batch.tgt_out,
+            epsilon=self.cfg.train.label_smoothing,
             pad_id=self.tokenizer.pad_id,
         )
         (loss_sum / batch.n_tgt_tokens).backward()
@@ -127,8 +118,13 @@ class Trainer:
     def translator(self, beam_size: int) -> Translator:
         dec = self.cfg.decode
         return Translator(
-            self.model, self.tokenizer, beam_size=beam_size, length_penalty=dec.length_penalty,
-            max_len_a=dec.max_len_a, max_len_b=dec.max_len_b, batch_tokens=dec.batch_tokens,
+            self.model,
+            self.tokenizer,
+            beam_size=beam_size,
+            length_penalty=dec.length_penalty,
+            max_len_a=dec.max_len_a,
+            max_len_b=dec.max_len_b,
+            batch_tokens=dec.batch_tokens,
         )
 
     def validate(self) -> dict[str, float]:
@@ -149,10 +145,15 @@ class Trainer:
             **model_payload(self.model, self.cfg, self.tokenizer),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "progress": {"step": p.step, "epoch": p.epoch, "best_score": p.best_score,
-                         "best_step": p.best_step, "train_seconds": p.train_seconds,
-                         "validation_seconds": p.validation_seconds,
-                         "tgt_tokens": p.tgt_tokens},
+            "progress": {
+                "step": p.step,
+                "epoch": p.epoch,
+                "best_score": p.best_score,
+                "best_step": p.best_step,
+                "train_seconds": p.train_seconds,
+                "validation_seconds": p.validation_seconds,
+                "tgt_tokens": p.tgt_tokens,
+            },
         }
 
     def after_validation(self, metrics: dict[str, float]) -> None:
@@ -183,8 +184,13 @@ class Trainer:
         t, p = self.cfg.train, self.progress
         rng = np.random.default_rng(self.cfg.seed)
         started = time.monotonic()
-        bar = tqdm(total=t.max_steps, disable=not t.progress_bar, unit="step", mininterval=2.0,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=t.max_steps,
+            disable=not t.progress_bar,
+            unit="step",
+            mininterval=2.0,
+            dynamic_ncols=True,
+        )
         window_nll, window_tokens, window_start = torch.zeros((), device=self.device), 0, started
         stop = False
         while not stop and (t.max_epochs is None or p.epoch < t.max_epochs):
@@ -197,11 +203,16 @@ class Trainer:
                     now = time.monotonic()
                     loss = float(window_nll) / window_tokens
                     speed = window_tokens / (now - window_start)
-                    self.logger.log_dict({
-                        "train/loss": loss, "train/ppl": math.exp(min(loss, 50.0)),
-                        "train/lr": self.scheduler.get_last_lr()[0],
-                        "train/tgt_tokens_per_s": speed, "train/epoch": p.epoch,
-                    }, p.step)
+                    self.logger.log_dict(
+                        {
+                            "train/loss": loss,
+                            "train/ppl": math.exp(min(loss, 50.0)),
+                            "train/lr": self.scheduler.get_last_lr()[0],
+                            "train/tgt_tokens_per_s": speed,
+                            "train/epoch": p.epoch,
+                        },
+                        p.step,
+                    )
                     bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", epoch=p.epoch)
                     window_nll.zero_()
                     window_tokens, window_start = 0, now
@@ -231,26 +242,36 @@ class Trainer:
         (self.run_dir / f"{test.name}.hyp").write_text("".join(h + "\n" for h in hyps))
         test_scores = score(hyps, test.references)
         metrics = {
-            "test": {"split": test.name, "beam_size": dec.beam_size,
-                     "length_penalty": dec.length_penalty, **test_scores.as_dict()},
+            "test": {
+                "split": test.name,
+                "beam_size": dec.beam_size,
+                "length_penalty": dec.length_penalty,
+                **test_scores.as_dict(),
+            },
             "best_checkpoint": {"step": p.best_step, "val_score": p.best_score},
             "train": {
-                "steps": p.step, "epochs": p.epoch, "minutes": round(p.train_seconds / 60, 2),
+                "steps": p.step,
+                "epochs": p.epoch,
+                "minutes": round(p.train_seconds / 60, 2),
                 "tgt_tokens": p.tgt_tokens,
                 "validation_minutes": round(p.validation_seconds / 60, 2),
                 "tgt_tokens_per_s": round(
-                    p.tgt_tokens / max(p.train_seconds - p.validation_seconds, 1e-9), 1),
+                    p.tgt_tokens / max(p.train_seconds - p.validation_seconds, 1e-9), 1
+                ),
                 "parameters": count_parameters(self.model),
                 "device": str(self.device),
             },
-            "data": {"train_pairs": len(self.data.train),
-                     "filtered": vars(self.data.filter_stats)},
+            "data": {"train_pairs": len(self.data.train), "filtered": vars(self.data.filter_stats)},
             "validation_history": p.history,
         }
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        self.logger.log_dict({"test/bleu": test_scores.bleu, "test/chrf": test_scores.chrf},
-                             p.step)
+        self.logger.log_dict({"test/bleu": test_scores.bleu, "test/chrf": test_scores.chrf}, p.step)
         self.logger.close()
-        log.info("test %s: BLEU %.2f chrF %.2f (%s)", test.name, test_scores.bleu,
-                 test_scores.chrf, test_scores.bleu_signature)
+        log.info(
+            "test %s: BLEU %.2f chrF %.2f (%s)",
+            test.name,
+            test_scores.bleu,
+            test_scores.chrf,
+            test_scores.bleu_signature,
+        )
         return metrics

@@ -76,7 +76,9 @@ class Translator:
             if len(ids) > self.max_src_tokens:
                 log.warning(
                     "input line %d has %d subword tokens; cut to the model's maximum of %d",
-                    n + 1, len(ids), self.max_src_tokens,
+                    n + 1,
+                    len(ids),
+                    self.max_src_tokens,
                 )
                 encoded[n] = ids[: self.max_src_tokens]
         return encoded
@@ -96,20 +98,26 @@ class Translator:
         return batches
 
     def _search(self, sources: list[list[int]], n_best: int) -> list[list[Translation]]:
-        src = pad([s + [self.ids.eos] for s in sources], self.ids.pad).to(self.device)
+        src = pad(sources, self.ids.pad, suffix=self.ids.eos).to(self.device)
         lengths = dict(max_len_a=self.max_len_a, max_len_b=self.max_len_b)
         if self.beam_size == 1:
             outputs = greedy_search(self.model, src, self.ids, **lengths)
             return [[Translation(text, None)] for text in self.tokenizer.decode(outputs)]
         hyps = beam_search(
-            self.model, src, self.ids, beam_size=self.beam_size,
-            length_penalty=self.length_penalty, n_best=n_best, **lengths,
+            self.model,
+            src,
+            self.ids,
+            beam_size=self.beam_size,
+            length_penalty=self.length_penalty,
+            n_best=n_best,
+            **lengths,
         )
         texts = self.tokenizer.decode([h.tokens for nbest in hyps for h in nbest])
         scores = np.array([h.score for nbest in hyps for h in nbest])
         out, pos = [], 0
         for nbest in hyps:
-            out.append([Translation(texts[pos + j], float(scores[pos + j]))
-                        for j in range(len(nbest))])
+            out.append(
+                [Translation(texts[pos + j], float(scores[pos + j])) for j in range(len(nbest))]
+            )
             pos += len(nbest)
         return out

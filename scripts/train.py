@@ -31,8 +31,10 @@ def main(cfg: DictConfig) -> None:
         metrics = Trainer(run, run_dir).fit()
     test = metrics["test"]
     print(json.dumps({"run_dir": run_dir, "test": test, "train": metrics["train"]}, indent=2))
-    print(f"test BLEU {test['bleu']:.2f} ({test['split']}, beam {test['beam_size']}) "
-          f"chrF {test['chrf']:.2f} | {test['bleu_signature']}")
+    print(
+        f"test BLEU {test['bleu']:.2f} ({test['split']}, beam {test['beam_size']}) "
+        f"chrF {test['chrf']:.2f} | {test['bleu_signature']}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,3 +1,8 @@
+import gzip
+import random
+import string
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,7 +15,45 @@ def _seed():
 
 
 def small_model(**overrides) -> Transformer:
-    sizes = dict(vocab_size=23, pad_id=0, d_model=16, n_heads=2, d_ff=32, n_encoder_layers=2,
-                 n_decoder_layers=2, dropout=0.0, max_positions=64)
+    sizes = dict(
+        vocab_size=23,
+        pad_id=0,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        dropout=0.0,
+        max_positions=64,
+    )
     sizes.update(overrides)
     return Transformer(**sizes).eval()
+
+
+def synthetic_sentences(n: int, seed: int = 0, vocab: int = 40) -> list[str]:
+    """Sentences of made-up words (no real corpus text): for tokenizer and pipeline tests."""
+    rng = random.Random(seed)
+    words = [
+        "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 7)))
+        for _ in range(vocab)
+    ]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(n)]
+
+
+def write_corpus(directory: Path, split: str, pairs: dict[str, list[str]], gz: bool = False):
+    directory.mkdir(parents=True, exist_ok=True)
+    for lang, lines in pairs.items():
+        path = directory / f"{split}.{lang}{'.gz' if gz else ''}"
+        text = "".join(line + "\n" for line in lines)
+        if gz:
+            with gzip.open(path, "wt", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from mt.tokenizer import Tokenizer
+
+    return Tokenizer.train(synthetic_sentences(400), vocab_size=320)

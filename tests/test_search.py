@@ -72,8 +72,9 @@ def test_beam_finds_better_sequence_than_greedy():
 def test_length_penalty_normalises_by_length():
     table = [dist(0, 0, 0.0, 0.6, 0.4), dist(0, 0, 0.4, 0.3, 0.3)]
     model = ScriptedModel(table, {4: dist(0, 0, 1.0, 0.0, 0.0)})
-    hyps = beam_search(model, torch.tensor([[3, 2]]), IDS, beam_size=2, length_penalty=1.0,
-                       n_best=2)[0]
+    hyps = beam_search(
+        model, torch.tensor([[3, 2]]), IDS, beam_size=2, length_penalty=1.0, n_best=2
+    )[0]
     for h in hyps:
         raw = {(4,): math.log(0.4), (3,): math.log(0.24)}[tuple(h.tokens)]
         assert math.isclose(h.score, raw / (len(h.tokens) + 1), rel_tol=1e-5)
@@ -105,8 +106,9 @@ def test_batched_beam_equals_one_sentence_at_a_time():
     batched = beam_search(model, src, IDS, beam_size=4, max_len_b=8, n_best=2)
     for i in range(4):
         length = int((src[i] != 0).sum())
-        alone = beam_search(model, src[i : i + 1, :length], IDS, beam_size=4, max_len_b=8,
-                            n_best=2)[0]
+        alone = beam_search(
+            model, src[i : i + 1, :length], IDS, beam_size=4, max_len_b=8, n_best=2
+        )[0]
         assert [h.tokens for h in batched[i]] == [h.tokens for h in alone]
         for a, b in zip(batched[i], alone):
             assert math.isclose(a.score, b.score, rel_tol=1e-4, abs_tol=1e-5)

@@ -45,8 +45,14 @@ class EncoderLayer(nn.Module):
     """Self-attention then feed-forward, each inside a Residual."""
 
     def __init__(
-        self, *, d_model: int, n_heads: int, d_ff: int, dropout: float,
-        attention_dropout: float, pre_norm: bool,
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float,
+        attention_dropout: float,
+        pre_norm: bool,
     ) -> None:
         super().__init__()
         self.self_attn = MultiHeadAttention(
@@ -66,8 +72,14 @@ class DecoderLayer(nn.Module):
     """Causal self-attention, attention over the encoder memory, feed-forward."""
 
     def __init__(
-        self, *, d_model: int, n_heads: int, d_ff: int, dropout: float,
-        attention_dropout: float, pre_norm: bool,
+        self,
+        *,
+        d_model: int,
+        n_heads: int,
+        d_ff: int,
+        dropout: float,
+        attention_dropout: float,
+        pre_norm: bool,
     ) -> None:
         super().__init__()
         self.self_attn = MultiHeadAttention(

@@ -1,0 +1,68 @@
+"""Score a checkpoint on a split: translate, then sacreBLEU BLEU / chrF with signatures."""
+
+import json
+import logging
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from mt.checkpoint import load_model
+from mt.config import DataConfig, EvaluateConfig, validate_decode
+from mt.data import load_split
+from mt.metrics import score
+from mt.runtime import resolve_device
+from mt.translator import Translator
+
+log = logging.getLogger(__name__)
+
+
+def resolve_split(data: DataConfig, split: str) -> str:
+    """``train``/``val``/``test`` name the configured splits; anything else is taken literally."""
+    roles = {"train": data.train_split, "val": data.val_split, "test": data.test_split}
+    return roles.get(split, split)
+
+
+def apply_overrides(data: DataConfig, overrides: object) -> DataConfig:
+    changes = {k: v for k, v in asdict(overrides).items() if v is not None}
+    return replace(data, **changes)
+
+
+def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
+    """Translate ``cfg.split`` with the checkpoint and score it; write hypotheses and scores."""
+    validate_decode(cfg.beam_size)
+    loaded = load_model(cfg.checkpoint, resolve_device(cfg.device))
+    data = apply_overrides(loaded.config.data, cfg.data)
+    split = resolve_split(data, cfg.split)
+    ds = load_split(data, split)
+    translator = Translator(
+        loaded.model,
+        loaded.tokenizer,
+        beam_size=cfg.beam_size,
+        length_penalty=cfg.length_penalty,
+        max_len_a=loaded.config.decode.max_len_a,
+        max_len_b=loaded.config.decode.max_len_b,
+        batch_tokens=cfg.batch_tokens,
+    )
+    start = time.perf_counter()
+    hyps = translator.translate(ds["src"])
+    seconds = time.perf_counter() - start
+    scores = score(hyps, ds["tgt"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hyp_path = Path(cfg.output) if cfg.output else out_dir / f"{split}.{data.tgt_lang}.hyp"
+    hyp_path.parent.mkdir(parents=True, exist_ok=True)
+    hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    result = {
+        "checkpoint": str(cfg.checkpoint),
+        "split": split,
+        "src_lang": data.src_lang,
+        "tgt_lang": data.tgt_lang,
+        "sentences": len(hyps),
+        "beam_size": cfg.beam_size,
+        "length_penalty": cfg.length_penalty,
+        **scores.as_dict(),
+        "translations": str(hyp_path),
+        "decode_seconds": round(seconds, 2),
+    }
+    (out_dir / "scores.json").write_text(json.dumps(result, indent=2))
+    return result

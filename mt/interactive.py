@@ -1,0 +1,81 @@
+"""The translator's two faces: a prompt for a person, and a stdin -> stdout filter for pipes.
+
+In a pipe, every input line gives exactly one output line, in order (an empty line gives an
+empty line); lines are translated ``batch_size`` at a time. Input bytes that are not valid
+UTF-8 are replaced (U+FFFD) rather than stopping the stream.
+"""
+
+import io
+import sys
+from collections.abc import Iterable
+from typing import TextIO
+
+from mt.translator import Translator
+
+PROMPT = "> "
+
+
+def one_line(text: str) -> str:
+    """Outputs never contain line breaks, so the one-line-per-input contract holds."""
+    return " ".join(text.splitlines())
+
+
+def translate_stream(
+    translator: Translator,
+    lines: Iterable[str],
+    out: TextIO,
+    *,
+    batch_size: int = 64,
+    n_best: int = 1,
+) -> int:
+    """Translate ``lines`` (without or with trailing newlines) to ``out``; returns the count.
+
+    With ``n_best`` > 1 each output line holds the n translations separated by tabs.
+    """
+    count = 0
+    chunk: list[str] = []
+
+    def flush() -> None:
+        for nbest in translator.translate_nbest(chunk, n_best=n_best):
+            out.write("\t".join(one_line(t.text) for t in nbest) + "\n")
+        out.flush()
+        chunk.clear()
+
+    for line in lines:
+        chunk.append(line.rstrip("\r\n"))
+        count += 1
+        if len(chunk) >= batch_size:
+            flush()
+    if chunk:
+        flush()
+    return count
+
+
+def prompt_loop(
+    translator: Translator, *, n_best: int = 1, inp: TextIO = sys.stdin, out: TextIO = sys.stdout
+) -> None:
+    """Read a line, print its translation(s); Ctrl-D or Ctrl-C ends the session quietly."""
+    out.write("Type a sentence and press Enter (Ctrl-D to quit).\n")
+    while True:
+        try:
+            out.write(PROMPT)
+            out.flush()
+            line = inp.readline()
+            if not line:
+                out.write("\n")
+                return
+            nbest = translator.translate_nbest([line.rstrip("\r\n")], n_best=n_best)[0]
+        except KeyboardInterrupt:
+            out.write("\n")
+            return
+        if n_best == 1:
+            out.write(one_line(nbest[0].text) + "\n")
+        else:
+            for rank, t in enumerate(nbest, start=1):
+                score = "" if t.score is None else f" ({t.score:.3f})"
+                out.write(f"{rank}.{score} {one_line(t.text)}\n")
+
+
+def stdin_text() -> TextIO:
+    """stdin as text that never fails on invalid UTF-8."""
+    return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="")

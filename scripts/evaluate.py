@@ -1,0 +1,30 @@
+"""Score a checkpoint: ``python scripts/evaluate.py checkpoint=PATH [split=test] [beam_size=5]``.
+
+Prints detokenised, cased sacreBLEU BLEU and chrF with their signatures and writes the
+translations to a file (``output=PATH``, or the run directory).
+"""
+
+import json
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from mt.cli import user_errors
+from mt.config import from_hydra, register_configs
+from mt.evaluation import evaluate_checkpoint
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    with user_errors():
+        result = evaluate_checkpoint(from_hydra(cfg), HydraConfig.get().runtime.output_dir)
+    print(json.dumps(result, indent=2))
+    print(f"BLEU {result['bleu']:.2f} | {result['bleu_signature']}")
+    print(f"chrF {result['chrf']:.2f} | {result['chrf_signature']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up mt in ./.venv: torch first (pinned, so pip never swaps in another build), then mt with
+# its dependencies and the test tools. Safe to run again: it only installs what is missing.
+#
+# torch: `pip install torch==2.13.0` takes the CPU wheel that CPU machines of this project keep
+# on disk. Elsewhere, on a machine without a GPU, point pip at PyTorch's CPU index to avoid the
+# multi-GB CUDA build:  MT_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${MT_TORCH_VERSION:-2.13.0}
+
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+pip_install() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+    | grep -v "^WARNING: Location" || true; }
+
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    echo "setup: installing torch==$TORCH_VERSION"
+    if [ -n "${MT_TORCH_INDEX:-}" ]; then
+        pip_install "torch==$TORCH_VERSION" --index-url "$MT_TORCH_INDEX"
+    else
+        pip_install "torch==$TORCH_VERSION"
+    fi
+fi
+if ! .venv/bin/python -c "import mt, sentencepiece, datasets, sacrebleu, hydra, tensorboard, pytest, ruff, hypothesis, matplotlib" 2>/dev/null; then
+    echo "setup: installing mt and its dependencies"
+    pip_install -e ".[dev,plot]"
+fi
+.venv/bin/python -c "import torch, mt; print(f'setup: ok (torch {torch.__version__}, mt {mt.__version__})')"

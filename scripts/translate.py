@@ -1,0 +1,48 @@
+"""Translate text: ``python scripts/translate.py checkpoint=PATH [beam_size=5] [n_best=1]``.
+
+At a terminal it prompts for sentences; in a pipe it reads stdin and writes one translation
+per input line to stdout (``cat in.txt | python scripts/translate.py checkpoint=... > out``).
+"""
+
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from mt.checkpoint import load_model
+from mt.cli import user_errors
+from mt.config import from_hydra, register_configs, validate_decode
+from mt.interactive import prompt_loop, stdin_text, translate_stream
+from mt.runtime import resolve_device
+from mt.translator import Translator
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="translate")
+def main(cfg: DictConfig) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    with user_errors():
+        tcfg = from_hydra(cfg)
+        validate_decode(tcfg.beam_size, tcfg.n_best)
+        loaded = load_model(tcfg.checkpoint, resolve_device(tcfg.device))
+        dec = loaded.config.decode
+        translator = Translator(
+            loaded.model,
+            loaded.tokenizer,
+            beam_size=tcfg.beam_size,
+            length_penalty=tcfg.length_penalty,
+            max_len_a=dec.max_len_a,
+            max_len_b=dec.max_len_b,
+        )
+    if sys.stdin.isatty():
+        prompt_loop(translator, n_best=tcfg.n_best)
+    else:
+        translate_stream(
+            translator, stdin_text(), sys.stdout, batch_size=tcfg.batch_size, n_best=tcfg.n_best
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Attention against the formula written out by hand; masks; weight capture."""
+
+import math
+
+import pytest
+import torch
+
+from mt.masks import causal_mask, padding_mask
+from mt.modules.attention import MultiHeadAttention, capture_attention, scaled_dot_product_attention
+from tests.conftest import small_model
+
+
+def by_hand(q, k, v, mask=None):
+    """softmax(QK^T / sqrt(d_k)) V, one (batch, head) at a time, with Python loops."""
+    b, h, tq, dk = q.shape
+    out = torch.zeros_like(q)
+    weights = torch.zeros(b, h, tq, k.size(2))
+    for i in range(b):
+        for j in range(h):
+            scores = q[i, j] @ k[i, j].T / math.sqrt(dk)
+            if mask is not None:
+                m = mask.expand(b, h, tq, k.size(2))[i, j]
+                scores = torch.where(m, scores, torch.tensor(-math.inf))
+            w = torch.softmax(scores, dim=-1)
+            weights[i, j] = w
+            out[i, j] = w @ v[i, j]
+    return out, weights
+
+
+def test_scaled_dot_product_matches_formula():
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
+    mask = padding_mask(torch.tensor([[False] * 5, [False, False, False, True, True]]))
+    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    ref_out, ref_weights = by_hand(q, k, v, mask)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(weights, ref_weights)
+    assert torch.all(weights[1, :, :, 3:] == 0)  # padded keys get exactly zero weight
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 4))
+
+
+def test_multi_head_attention_matches_formula_and_fused_path():
+    mha = MultiHeadAttention(d_model=16, n_heads=4).eval()
+    x, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+    mask = padding_mask(torch.tensor([[False] * 7, [False] * 4 + [True] * 3]))
+    fused, none = mha(x, mem, mask=mask)
+    assert none is None
+    mha.need_weights = True
+    explicit, weights = mha(x, mem, mask=mask)
+    q = mha.split_heads(mha.q_proj(x))
+    k, v = mha.project_kv(mem)
+    ref, ref_weights = by_hand(q, k, v, mask)
+    ref = mha.out_proj(ref.transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(explicit, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights, ref_weights, atol=1e-6, rtol=1e-5)
+
+
+def test_causal_self_attention_explicit_equals_fused():
+    mha = MultiHeadAttention(d_model=16, n_heads=2).eval()
+    x = torch.randn(3, 6, 16)
+    fused, _ = mha(x, is_causal=True)
+    mha.need_weights = True
+    explicit, weights = mha(x, is_causal=True)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    upper = ~causal_mask(6)[0, 0]
+    assert torch.all(weights[..., upper] == 0)
+
+
+def test_mask_polarity_true_means_attend():
+    mask = padding_mask(torch.tensor([[False, True]]))
+    assert mask.shape == (1, 1, 1, 2)
+    assert mask.tolist() == [[[[True, False]]]]
+    assert causal_mask(3)[0, 0].tolist() == [
+        [True, False, False],
+        [True, True, False],
+        [True, True, True],
+    ]
+
+
+def test_indivisible_heads_is_a_clear_error():
+    with pytest.raises(ValueError, match="d_model=10 is not divisible by n_heads=4"):
+        MultiHeadAttention(d_model=10, n_heads=4)
+
+
+def test_capture_attention_returns_real_weights_and_restores_fast_path():
+    model = small_model()
+    src = torch.randint(4, 23, (2, 5))
+    src[1, 3:] = 0
+    tgt = torch.randint(4, 23, (2, 4))
+    plain = model(src, tgt)
+    with capture_attention(model) as weights:
+        captured = model(src, tgt)
+    torch.testing.assert_close(plain, captured, atol=1e-5, rtol=1e-5)
+    cross = weights["decoder_layers.1.cross_attn"][0]  # (B, H, T, S)
+    assert cross.shape == (2, 2, 4, 5)
+    torch.testing.assert_close(cross.sum(-1), torch.ones(2, 2, 4))
+    assert torch.all(cross[1, :, :, 3:] == 0)
+    assert all(not m.need_weights for m in model.modules() if isinstance(m, MultiHeadAttention))

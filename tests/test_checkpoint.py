@@ -1,0 +1,86 @@
+"""Checkpoints: round trip, atomic writes, safe loading, clear mismatch errors."""
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from mt.checkpoint import load_checkpoint, load_model, model_payload, save_checkpoint
+from mt.config import ModelConfig, RunConfig
+from mt.model import build_model
+
+
+def make_checkpoint(tmp_path, tokenizer, **model_kw):
+    cfg = RunConfig(
+        model=ModelConfig(
+            d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, **model_kw
+        )
+    )
+    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, pad_id=0)
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint(path, model_payload(model, cfg, tokenizer))
+    return path, model, cfg
+
+
+def test_round_trip_gives_the_same_model(tmp_path, tokenizer):
+    path, model, cfg = make_checkpoint(tmp_path, tokenizer)
+    loaded = load_model(path)
+    assert loaded.config == cfg
+    src = torch.randint(4, 50, (2, 5))
+    tgt = torch.randint(4, 50, (2, 3))
+    model.eval()
+    torch.testing.assert_close(loaded.model(src, tgt), model(src, tgt))
+    assert loaded.tokenizer.model_proto == tokenizer.model_proto
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, tokenizer, monkeypatch):
+    path, _, _ = make_checkpoint(tmp_path, tokenizer)
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="previous file is unchanged"):
+        save_checkpoint(path, {"model": {}, "config": {}})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temporary left behind
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_code_in_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "payload": Exploit()}, path)
+    with pytest.raises(ValueError, match="refused"):
+        load_checkpoint(path)
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(ValueError, match=str(raw)):
+        load_checkpoint(raw)
+
+
+def test_truncated_file_names_the_file(tmp_path, tokenizer):
+    path, _, _ = make_checkpoint(tmp_path, tokenizer)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=f"{path}.*truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_size_mismatch_says_which_sizes_differ(tmp_path, tokenizer):
+    path, _, _ = make_checkpoint(tmp_path, tokenizer)
+    payload = load_checkpoint(path)
+    payload["config"]["model"]["d_ff"] = 64
+    save_checkpoint(path, payload)
+    with pytest.raises(ValueError, match=r"fc1.weight: checkpoint \(32, 16\) vs model \(64, 16\)"):
+        load_model(path)

@@ -1,0 +1,123 @@
+"""The configuration contract: Hydra composition, overrides, validation, module layering."""
+
+import ast
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+
+from mt.config import from_hydra, register_configs, validate_run_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+register_configs()
+
+
+def compose_run(*overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return from_hydra(compose(config_name="train", overrides=list(overrides)))
+
+
+def test_defaults_are_multi30k_tiny():
+    cfg = compose_run()
+    assert (cfg.data.name, cfg.data.src_lang, cfg.data.tgt_lang) == ("multi30k", "de", "en")
+    assert cfg.data.test_split == "test_2016_flickr"
+    m = cfg.model
+    assert (m.n_encoder_layers, m.n_decoder_layers, m.d_model, m.n_heads, m.d_ff) == (
+        3,
+        3,
+        256,
+        4,
+        1024,
+    )
+    validate_run_config(cfg)
+
+
+def test_documented_overrides():
+    cfg = compose_run(
+        "data.dir=/some/where",
+        "data.src_lang=en",
+        "data.tgt_lang=de",
+        "data.max_train_pairs=300",
+        "model=tiny",
+        "seed=7",
+        "train.max_steps=12",
+        "train.max_epochs=2",
+        "train.max_minutes=1.5",
+        "train.batch_tokens=999",
+        "train.val_every_steps=5",
+    )
+    assert cfg.data.dir == "/some/where" and cfg.data.src_lang == "en"
+    assert cfg.data.max_train_pairs == 300 and cfg.seed == 7
+    t = cfg.train
+    assert (t.max_steps, t.max_epochs, t.max_minutes, t.batch_tokens, t.val_every_steps) == (
+        12,
+        2,
+        1.5,
+        999,
+        5,
+    )
+
+
+@pytest.mark.parametrize(
+    "name,sizes",
+    [
+        ("small", (6, 512, 4, 1024)),
+        ("base", (6, 512, 8, 2048)),
+        ("big", (6, 1024, 16, 4096)),
+    ],
+)
+def test_model_sizes(name, sizes):
+    m = compose_run(f"model={name}").model
+    assert (m.n_encoder_layers, m.d_model, m.n_heads, m.d_ff) == sizes
+
+
+def test_folder_and_hub_groups():
+    cfg = compose_run("data=folder", "data.dir=x", "data.src_lang=fr", "data.tgt_lang=en")
+    assert cfg.data.test_split == "test" and cfg.data.download_url is None
+    hub = compose_run("data=hub", "data.hub_name=org/set", "data.src_lang=fr", "data.tgt_lang=en")
+    assert hub.data.hub_name == "org/set" and hub.data.val_split == "validation"
+
+
+@pytest.mark.parametrize("override", ["train.max_step=5", "model.dmodel=3", "model=huge"])
+def test_unknown_keys_and_choices_fail_at_compose_time(override):
+    with pytest.raises(ConfigCompositionException):
+        compose_run(override)
+
+
+def test_wrong_type_fails_at_compose_time():
+    with pytest.raises(Exception, match="max_steps"):
+        compose_run("train.max_steps=many")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("model.n_heads=3", "not divisible by model.n_heads=3"),
+        ("model.d_ff=0", "model.d_ff=0 must be positive"),
+        ("decode.beam_size=0", "beam_size=0 must be at least 1"),
+        ("train.max_steps=-1", "train.max_steps=-1 must be positive"),
+        ("model.dropout=1.5", "model.dropout=1.5"),
+    ],
+)
+def test_impossible_values_are_rejected_with_the_option_name(override, message):
+    cfg = compose_run(override)
+    with pytest.raises(ValueError, match=message):
+        validate_run_config(cfg)
+
+
+def test_hydra_stays_out_of_the_library():
+    """Only mt/config.py may touch Hydra/OmegaConf; library code gets plain dataclasses."""
+    package = Path(__file__).resolve().parents[1] / "mt"
+    for path in package.rglob("*.py"):
+        if path.name == "config.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            for name in names:
+                assert not name.startswith(("hydra", "omegaconf")), f"{path.name} imports {name}"

@@ -1,0 +1,112 @@
+"""Reading parallel files, cleaning, tokenising, token-budget batching, collation."""
+
+import numpy as np
+import pytest
+
+from mt.config import DataConfig
+from mt.data import (
+    ParallelData,
+    collate,
+    ensure_split_files,
+    filter_training_pairs,
+    load_split,
+    pad,
+    token_batches,
+    tokenize,
+)
+from tests.conftest import synthetic_sentences, write_corpus
+
+
+def folder_config(tmp_path, **kw):
+    return DataConfig(
+        dir=str(tmp_path / "corpus"),
+        src_lang="xx",
+        tgt_lang="yy",
+        cache_dir=str(tmp_path / "cache"),
+        **kw,
+    )
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_load_split_reads_plain_and_gzip_files(tmp_path, gz):
+    cfg = folder_config(tmp_path)
+    write_corpus(
+        tmp_path / "corpus",
+        "train",
+        {"xx": ["\ufeffa b", "c d\r", "  e  "], "yy": ["1", "2", "3"]},
+        gz=gz,
+    )
+    ds = load_split(cfg, "train")
+    assert ds["src"] == ["a b", "c d", "e"]  # BOM, CR and outer spaces removed
+    assert ds["tgt"] == ["1", "2", "3"]
+
+
+def test_different_line_counts_name_both_files_and_counts(tmp_path):
+    cfg = folder_config(tmp_path)
+    write_corpus(tmp_path / "corpus", "train", {"xx": ["a", "b", "c"], "yy": ["1", "2"]})
+    with pytest.raises(ValueError, match=r"train\.xx has 3 lines but .*train\.yy has 2"):
+        load_split(cfg, "train")
+
+
+def test_missing_split_lists_the_files_found(tmp_path):
+    cfg = folder_config(tmp_path)
+    write_corpus(tmp_path / "corpus", "train", {"xx": ["a"], "yy": ["1"]})
+    with pytest.raises(FileNotFoundError, match=r"split 'val'.*train\.xx"):
+        ensure_split_files(cfg, "val")
+
+
+def test_offline_download_failure_says_where_to_put_files(tmp_path):
+    cfg = folder_config(tmp_path, download_url="http://127.0.0.1:9/nothing")
+    with pytest.raises(FileNotFoundError, match="Copy the corpus files into"):
+        ensure_split_files(cfg, "train")
+
+
+def test_tokenize_and_filter(tmp_path, tokenizer):
+    cfg = folder_config(tmp_path)
+    src = synthetic_sentences(20, seed=1)
+    tgt = synthetic_sentences(20, seed=2)
+    src[3], tgt[5] = "", ""
+    src[7] = " ".join([src[7]] * 100)  # far too long
+    write_corpus(tmp_path / "corpus", "train", {"xx": src, "yy": tgt})
+    ds = tokenize(load_split(cfg, "train"), tokenizer)
+    assert ds["src_ids"][0] == tokenizer.encode([src[0]])[0]
+    kept, stats = filter_training_pairs(ds, max_tokens=300, max_len_ratio=3.0)
+    assert (stats.empty, stats.too_long) == (2, 1)
+    assert stats.kept == len(kept) == 17 - stats.bad_ratio
+
+
+def test_token_batches_respect_budget_and_cover_everything():
+    rng = np.random.default_rng(0)
+    src_lens = rng.integers(1, 40, size=500)
+    tgt_lens = rng.integers(1, 40, size=500)
+    batches = token_batches(src_lens, tgt_lens, 300, rng=np.random.default_rng(1))
+    seen = np.sort(np.concatenate(batches))
+    assert np.array_equal(seen, np.arange(500))
+    for b in batches:
+        width = int(np.maximum(src_lens[b], tgt_lens[b]).max()) + 1
+        assert width * len(b) <= 300 or len(b) == 1
+    padded = sum(len(b) * (tgt_lens[b].max() + 1) for b in batches)
+    assert (tgt_lens + 1).sum() / padded > 0.9  # similar lengths: little padding
+
+
+def test_collate_shapes_and_special_tokens(tokenizer):
+    batch = collate([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], tokenizer)
+    eos, bos, pad = tokenizer.eos_id, tokenizer.bos_id, tokenizer.pad_id
+    assert batch.src.tolist() == [[5, 6, 7, eos], [8, eos, pad, pad]]
+    assert batch.tgt_in.tolist() == [[bos, 9, 10, pad], [bos, 11, 12, 13]]
+    assert batch.tgt_out.tolist() == [[9, 10, eos, pad], [11, 12, 13, eos]]
+    assert batch.n_tgt_tokens == 7
+
+
+def test_pad_frames_and_pads_each_row():
+    assert pad([[5, 6], [], [7]], 0).tolist() == [[5, 6], [0, 0], [7, 0]]
+    framed = pad([[5, 6], [], [7]], 0, prefix=2, suffix=3).tolist()
+    assert framed == [[2, 5, 6, 3], [2, 3, 0, 0], [2, 7, 3, 0]]
+
+
+def test_parallel_data_batches_cover_every_pair(tokenizer):
+    src = tokenizer.encode(synthetic_sentences(50, seed=3))
+    tgt = tokenizer.encode(synthetic_sentences(50, seed=4))
+    data = ParallelData(src, tgt, tokenizer)
+    batches = data.batches(200, np.random.default_rng(0))
+    assert sum(b.n_tgt_tokens for b in batches) == sum(len(t) + 1 for t in tgt)

@@ -1,0 +1,78 @@
+"""Strings in, strings out: order, empty lines, batching, long inputs, the pipe contract."""
+
+import io
+import logging
+
+import pytest
+
+from mt.interactive import prompt_loop, translate_stream
+from mt.model import Transformer
+from mt.translator import Translator
+from tests.conftest import synthetic_sentences
+
+
+@pytest.fixture
+def translator(tokenizer):
+    model = Transformer(
+        vocab_size=tokenizer.vocab_size,
+        pad_id=0,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        n_encoder_layers=1,
+        n_decoder_layers=1,
+        dropout=0.0,
+        max_positions=40,
+    ).eval()
+    return Translator(model, tokenizer, beam_size=3, max_len_b=5, batch_tokens=40)
+
+
+def test_batched_translation_equals_one_by_one_and_keeps_order(translator):
+    lines = synthetic_sentences(9, seed=5)
+    batched = translator.translate(lines)
+    assert batched == [translator.translate([line])[0] for line in lines]
+
+
+def test_empty_lines_give_empty_outputs(translator):
+    out = translator.translate(["", "abc def", "   "])
+    assert out[0] == "" and out[2] == ""
+    assert len(out) == 3
+
+
+def test_greedy_is_beam_one(translator):
+    lines = synthetic_sentences(4, seed=6)
+    translator.beam_size = 1
+    assert len(translator.translate(lines)) == 4
+
+
+def test_n_best(translator):
+    nbest = translator.translate_nbest(["abc def ghi"], n_best=3)[0]
+    assert len(nbest) == 3
+    assert nbest[0].score >= nbest[1].score >= nbest[2].score
+    with pytest.raises(ValueError, match="n_best=4 cannot exceed beam_size=3"):
+        translator.translate_nbest(["x"], n_best=4)
+
+
+def test_overlong_input_is_cut_with_a_warning(translator, caplog):
+    with caplog.at_level(logging.WARNING):
+        out = translator.translate(["abc " * 5000])
+    assert len(out) == 1
+    assert "cut to the model's maximum of 39" in caplog.text
+
+
+def test_pipe_writes_one_line_per_input_line(translator):
+    lines = ["abc def\n", "\n", "ghi\r\n", "🤖 猫 שלום\n", "\x00\x07 control\n", "last"]
+    out = io.StringIO()
+    count = translate_stream(translator, lines, out, batch_size=2)
+    written = out.getvalue().split("\n")
+    assert count == 6
+    assert len(written) == 7 and written[-1] == ""  # six lines, each ending in a newline
+    assert written[1] == ""
+
+
+def test_prompt_answers_each_line_and_ends_on_eof(translator):
+    out = io.StringIO()
+    prompt_loop(translator, n_best=2, inp=io.StringIO("abc\n\n"), out=out)
+    text = out.getvalue()
+    assert text.count("> ") == 3  # two lines, then end of input
+    assert "1. (" in text and "2. (" in text
