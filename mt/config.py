@@ -46,6 +46,9 @@ class DataConfig:
     """Training pairs whose token-length ratio exceeds this (both sides > 5 tokens) are dropped."""
     cache_dir: str | None = None
     """Arrow cache of ``datasets`` (None: the library's default, ~/.cache/huggingface)."""
+    invalid_utf8: str = "error"
+    """``error``: stop at the first line that is not UTF-8, naming file and line;
+    ``replace``: replace such bytes with U+FFFD and count the lines."""
 
 
 @dataclass
@@ -89,6 +92,14 @@ class TrainConfig:
     log_every_steps: int = 25
     val_bleu: bool = True
     """Compute greedy BLEU on the validation split at each validation (selects ``best``)."""
+    save_every_steps: int = 200
+    """How often ``last.pt`` is written (it is also written at each validation)."""
+    keep_last: int = 0
+    """Also keep the N most recent ``step_<N>.pt`` checkpoints (0: only ``last`` and ``best``)."""
+    resume: str | None = None
+    """``auto`` (the run directory's ``last.pt``, if any) or the path of a checkpoint."""
+    max_nonfinite_updates: int = 5
+    """Updates with a non-finite loss or gradient are skipped; this many in a row stop training."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``..."""
     num_threads: int | None = None
@@ -183,7 +194,19 @@ def validate_run_config(cfg: RunConfig) -> None:
         )
     _probability("model.dropout", m.dropout)
     _probability("model.attention_dropout", m.attention_dropout)
-    _positive("train", t, ["batch_tokens", "val_every_steps", "log_every_steps"])
+    _positive(
+        "train",
+        t,
+        [
+            "batch_tokens",
+            "val_every_steps",
+            "log_every_steps",
+            "save_every_steps",
+            "max_nonfinite_updates",
+        ],
+    )
+    if t.keep_last < 0:
+        raise ValueError(f"train.keep_last={t.keep_last} must be 0 or more")
     for name in ("max_steps", "max_epochs", "max_minutes"):
         value = getattr(t, name)
         if value is not None and value <= 0:
@@ -194,6 +217,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ValueError(f"train.lr={t.lr} must be > 0 and train.warmup_steps >= 0")
     _probability("train.label_smoothing", t.label_smoothing)
     _positive("data", d, ["vocab_size", "max_tokens", "spm_max_sentences"])
+    if d.invalid_utf8 not in ("error", "replace"):
+        raise ValueError(f"data.invalid_utf8={d.invalid_utf8!r} must be 'error' or 'replace'")
     if d.src_lang == d.tgt_lang:
         raise ValueError(f"data.src_lang and data.tgt_lang are both {d.src_lang!r}")
     if d.max_train_pairs is not None and d.max_train_pairs <= 0:

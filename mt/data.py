@@ -10,6 +10,7 @@ Legend: B batch, S source length, T target length.
 import gzip
 import hashlib
 import logging
+import re
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,30 +79,52 @@ def _download(url: str, directory: Path, split: str, lang: str) -> None:
     tmp.replace(target)
 
 
-def _open_text(path: Path):
-    opener = gzip.open if path.suffix == ".gz" else open
-    return opener(path, "rt", encoding="utf-8", newline="\n")
+def _open_binary(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
-def _clean(line: str) -> str:
-    return line.rstrip("\n").rstrip("\r").lstrip("\ufeff").strip()
+# C0/C1 control characters (tab included) and Unicode line/paragraph separators: each becomes
+# a space, so no character can break the one-sentence-per-line structure downstream.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def read_pairs(src_path: str, tgt_path: str) -> Iterator[dict]:
-    """Yield ``{"src", "tgt"}`` line pairs; raise if the files differ in line count."""
-    with _open_text(Path(src_path)) as fs, _open_text(Path(tgt_path)) as ft:
-        for src, tgt in zip_longest(fs, ft):
+def clean_line(line: str) -> str:
+    """Drop a BOM and the line ending, replace control characters, trim outer whitespace."""
+    return _CONTROL.sub(" ", line.lstrip("\ufeff")).strip()
+
+
+def _decode(raw: bytes, path: str, line_number: int, invalid_utf8: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if invalid_utf8 == "replace":
+            return raw.decode("utf-8", errors="replace")
+        raise ValueError(
+            f"{path}, line {line_number}: invalid UTF-8 (byte {err.object[err.start]:#04x} at "
+            f"column {err.start + 1}); fix the file, or set data.invalid_utf8=replace to "
+            "replace such bytes with U+FFFD"
+        ) from None
+
+
+def read_pairs(src_path: str, tgt_path: str, invalid_utf8: str = "error") -> Iterator[dict]:
+    """Yield cleaned ``{"src", "tgt"}`` line pairs; raise if the files differ in line count or
+    (with ``invalid_utf8="error"``) on a line that is not UTF-8, naming file and line."""
+    with _open_binary(Path(src_path)) as fs, _open_binary(Path(tgt_path)) as ft:
+        for n, (src, tgt) in enumerate(zip_longest(fs, ft), start=1):
             if src is None or tgt is None:
                 n_src, n_tgt = _count_lines(Path(src_path)), _count_lines(Path(tgt_path))
                 raise ValueError(
                     f"{src_path} has {n_src} lines but {tgt_path} has {n_tgt}: "
                     "parallel files must have one line per sentence pair"
                 )
-            yield {"src": _clean(src), "tgt": _clean(tgt)}
+            yield {
+                "src": clean_line(_decode(src, src_path, n, invalid_utf8)),
+                "tgt": clean_line(_decode(tgt, tgt_path, n, invalid_utf8)),
+            }
 
 
 def _count_lines(path: Path) -> int:
-    with _open_text(path) as f:
+    with _open_binary(path) as f:
         return sum(1 for _ in f)
 
 
@@ -119,17 +142,33 @@ def load_split(cfg: DataConfig, split: str) -> datasets.Dataset:
         return _load_hub_split(cfg, split)
     src_path, tgt_path = ensure_split_files(cfg, split)
     try:
-        return datasets.Dataset.from_generator(
+        ds = datasets.Dataset.from_generator(
             read_pairs,
-            gen_kwargs={"src_path": str(src_path), "tgt_path": str(tgt_path)},
+            gen_kwargs={
+                "src_path": str(src_path),
+                "tgt_path": str(tgt_path),
+                "invalid_utf8": cfg.invalid_utf8,
+            },
             cache_dir=cfg.cache_dir,
-            fingerprint=_file_fingerprint(src_path, tgt_path),
+            fingerprint=_file_fingerprint(src_path, tgt_path) + cfg.invalid_utf8,
         )
     except datasets.exceptions.DatasetGenerationError as err:
         cause = err.__cause__
-        if isinstance(cause, (ValueError, UnicodeDecodeError, OSError)):
-            raise ValueError(f"reading {src_path} / {tgt_path}: {cause}") from None
+        if isinstance(cause, ValueError):  # our own messages name file and line already
+            raise cause from None
+        if isinstance(cause, (OSError, EOFError)):  # e.g. a truncated .gz
+            raise ValueError(f"cannot read {src_path} / {tgt_path}: {cause}") from None
         raise
+    if cfg.invalid_utf8 == "replace":
+        replaced = sum("\ufffd" in a or "\ufffd" in b for a, b in zip(ds["src"], ds["tgt"]))
+        if replaced:
+            log.warning(
+                "%s/%s: %d line pairs had invalid UTF-8 replaced by U+FFFD",
+                cfg.dir,
+                split,
+                replaced,
+            )
+    return ds
 
 
 def _load_hub_split(cfg: DataConfig, split: str) -> datasets.Dataset:
@@ -157,8 +196,8 @@ def _load_hub_split(cfg: DataConfig, split: str) -> datasets.Dataset:
 def _from_translation(batch: dict, src_lang: str, tgt_lang: str) -> dict:
     pairs = batch["translation"]
     return {
-        "src": [_clean(p[src_lang]) for p in pairs],
-        "tgt": [_clean(p[tgt_lang]) for p in pairs],
+        "src": [clean_line(p[src_lang]) for p in pairs],
+        "tgt": [clean_line(p[tgt_lang]) for p in pairs],
     }
 
 
@@ -316,9 +355,13 @@ class ParallelData:
     def __len__(self) -> int:
         return len(self.src_ids)
 
-    def batches(self, batch_tokens: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
-        """One pass over the data; batches are collated as they are consumed."""
-        for group in token_batches(self.src_lens, self.tgt_lens, batch_tokens, rng=rng):
+    def batches(
+        self, batch_tokens: int, rng: np.random.Generator | None = None, *, skip: int = 0
+    ) -> Iterator[Batch]:
+        """One pass over the data; batches are collated as they are consumed. ``skip`` passes
+        over the first batches without collating them (resuming in the middle of an epoch)."""
+        groups = token_batches(self.src_lens, self.tgt_lens, batch_tokens, rng=rng)
+        for group in groups[skip:]:
             yield collate(
                 [self.src_ids[i] for i in group], [self.tgt_ids[i] for i in group], self.tokenizer
             )
@@ -352,8 +395,11 @@ def load_eval_set(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> EvalSet:
     return EvalSet(split, ds["src"], ds["tgt"], ParallelData.from_dataset(ds, tokenizer))
 
 
-def prepare_data(cfg: DataConfig, *, seed: int = 1) -> PreparedData:
-    """Load all splits, train the joint SentencePiece model, tokenise and filter.
+def prepare_data(
+    cfg: DataConfig, *, seed: int = 1, tokenizer: Tokenizer | None = None
+) -> PreparedData:
+    """Load all splits, train the joint SentencePiece model (unless ``tokenizer`` is given, as
+    when resuming), tokenise and filter.
 
     The validation and test splits are loaded up front, so a missing file fails before
     training rather than after it.
@@ -366,7 +412,7 @@ def prepare_data(cfg: DataConfig, *, seed: int = 1) -> PreparedData:
         if not cfg.hub_name:
             ensure_split_files(cfg, split)
     texts = (text for column in ("src", "tgt") for text in train[column])
-    tokenizer = Tokenizer.train(
+    tokenizer = tokenizer or Tokenizer.train(
         texts,
         vocab_size=cfg.vocab_size,
         model_type=cfg.spm_model_type,

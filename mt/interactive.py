@@ -8,7 +8,7 @@ UTF-8 are replaced (U+FFFD) rather than stopping the stream.
 import io
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 from mt.translator import Translator
 
@@ -76,6 +76,7 @@ def prompt_loop(
                 out.write(f"{rank}.{score} {one_line(t.text)}\n")
 
 
-def stdin_text() -> TextIO:
-    """stdin as text that never fails on invalid UTF-8."""
-    return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace", newline="")
+def text_lines(binary: BinaryIO) -> TextIO:
+    """A byte stream as text that never fails on invalid UTF-8, split on ``\n`` only (a stray
+    ``\r`` or form feed inside a line does not make it two lines)."""
+    return io.TextIOWrapper(binary, encoding="utf-8", errors="replace", newline="\n")

@@ -19,10 +19,12 @@ class MetricLogger(Protocol):
 class TensorBoardLogger:
     """Scalars to TensorBoard event files in ``log_dir``."""
 
-    def __init__(self, log_dir: str | Path) -> None:
+    def __init__(self, log_dir: str | Path, *, purge_step: int | None = None) -> None:
+        """``purge_step``: when resuming, events after this step (written before a crash) are
+        dropped, so the curves continue without duplicates."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.writer = SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
     def log_dict(self, metrics: dict[str, float], step: int) -> None:
         for name, value in metrics.items():

@@ -1,15 +1,24 @@
 """The training loop: setup -> fit (train steps, periodic validation, checkpoints) -> test.
 
 ``step`` counts optimizer updates only. The loss of an update is the token *sum* divided by the
-number of real target tokens in it (loss.py), and nothing inside the step waits for the device:
-the loss is read back only every ``log_every_steps``.
+number of real target tokens in it (loss.py); the loss is read back only every
+``log_every_steps``.
+
+Resuming is exact on CPU: a checkpoint holds the model, optimizer and schedule, the RNG state,
+the position in the epoch's batch order (which depends only on the seed and the epoch number)
+and the best-score bookkeeping, so a run that is killed and resumed, any number of times, ends
+with the same weights as one that never stopped.
 """
 
 import json
 import logging
 import math
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +34,56 @@ from mt.metrics import score
 from mt.model import build_model, count_parameters
 from mt.optim import build_optimizer, build_scheduler
 from mt.runtime import resolve_device, set_seed
+from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
 log = logging.getLogger(__name__)
 
 
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM: the current step finished and ``last.pt`` was saved."""
+
+
+class TrainingDiverged(ValueError):
+    """Too many non-finite updates in a row; the last good checkpoint is kept."""
+
+
 @dataclass
 class Progress:
-    """Counters that describe where training is (saved in checkpoints)."""
+    """Where training is; saved in every checkpoint and restored on resume."""
 
-    step: int = 0
-    epoch: int = 0
+    step: int = 0  # optimizer updates
+    epoch: int = 0  # completed epochs
+    batch_in_epoch: int = 0  # batches consumed in the current epoch
     best_score: float = -math.inf
     best_step: int = 0
     train_seconds: float = 0.0  # wall clock of the loop, validation included
     validation_seconds: float = 0.0
     tgt_tokens: int = 0
+    nonfinite_updates: int = 0  # skipped updates, in total
     history: list[dict] = field(default_factory=list)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """SIGINT/SIGTERM set an event instead of killing the process mid-step."""
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(signum, _frame):
+        log.warning(
+            "%s received: finishing the current step, then saving", signal.Signals(signum).name
+        )
+        requested.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 class Trainer:
@@ -55,7 +97,10 @@ class Trainer:
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = resolve_device(cfg.train.device)
-        self.data: PreparedData = prepare_data(cfg.data, seed=cfg.seed)
+        resume_from = self.resume_path()
+        state = load_checkpoint(resume_from) if resume_from else None
+        tokenizer = Tokenizer(state["tokenizer"]) if state else None
+        self.data: PreparedData = prepare_data(cfg.data, seed=cfg.seed, tokenizer=tokenizer)
         self.tokenizer = self.data.tokenizer
         self.tokenizer.save(self.run_dir / "spm.model")
         self.model = build_model(
@@ -64,8 +109,22 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.progress = Progress()
+        self.nonfinite_in_a_row = 0
+        if state:
+            self.restore(state, source=str(resume_from))
         self.logger = logger or MultiLogger(
-            TensorBoardLogger(self.run_dir / "tensorboard"), ConsoleLogger()
+            TensorBoardLogger(self.run_dir / "tensorboard", purge_step=self.progress.step or None),
+            ConsoleLogger(),
+        )
+        stats = self.data.filter_stats
+        self.logger.log_dict(
+            {
+                "data/train_pairs_kept": stats.kept,
+                "data/dropped_empty": stats.empty,
+                "data/dropped_too_long": stats.too_long,
+                "data/dropped_length_ratio": stats.bad_ratio,
+            },
+            self.progress.step,
         )
         log.info(
             "model: %s, %.1fM parameters, vocabulary %d, device %s; %d training pairs",
@@ -76,10 +135,50 @@ class Trainer:
             len(self.data.train),
         )
 
+    # -- resuming --------------------------------------------------------------------------------
+
+    def resume_path(self) -> Path | None:
+        resume = self.cfg.train.resume
+        if resume is None:
+            return None
+        if resume == "auto":
+            last = self.run_dir / "last.pt"
+            return last if last.is_file() else None
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"train.resume={resume}: no such checkpoint (use train.resume=auto to continue "
+                "the run directory's last.pt, or give the path of a .pt file)"
+            )
+        return path
+
+    def restore(self, state: dict, *, source: str) -> None:
+        if "optimizer" not in state or "progress" not in state:
+            raise ValueError(f"{source} holds weights only (no optimizer state): cannot resume")
+        load_weights(self.model, state["model"], source=source)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(**state["progress"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        log.info(
+            "resumed from %s at step %d (epoch %d, batch %d)",
+            source,
+            self.progress.step,
+            self.progress.epoch + 1,
+            self.progress.batch_in_epoch,
+        )
+
     # -- one update ------------------------------------------------------------------------------
 
     def train_step(self, batch: Batch) -> torch.Tensor:
-        """Forward, backward, clip, update. Returns the (detached) summed NLL of the batch."""
+        """Forward, backward, clip, update. Returns the (detached) summed NLL of the batch.
+
+        An update whose loss or gradient norm is not finite is skipped (counted, and after
+        ``max_nonfinite_updates`` in a row training stops with TrainingDiverged).
+        """
+        p = self.progress
         self.model.train()
         batch = batch.to(self.device)
         logits = self.model(batch.src, batch.tgt_in)  # (B, T, V)
@@ -90,12 +189,28 @@ class Trainer:
             pad_id=self.tokenizer.pad_id,
         )
         (loss_sum / batch.n_tgt_tokens).backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_norm)
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.cfg.train.clip_norm
+        )
+        p.batch_in_epoch += 1
+        if not bool(torch.isfinite(grad_norm + loss_sum)):  # the one host sync of a step
+            self.optimizer.zero_grad(set_to_none=True)
+            p.nonfinite_updates += 1
+            self.nonfinite_in_a_row += 1
+            log.warning("non-finite loss or gradient at step %d: update skipped", p.step + 1)
+            if self.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_updates:
+                raise TrainingDiverged(
+                    f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or "
+                    f"gradient (step {p.step}); {self.run_dir / 'last.pt'} holds the last good "
+                    "state. Lower train.lr or raise train.warmup_steps, then resume or restart."
+                )
+            return torch.zeros((), device=self.device)
+        self.nonfinite_in_a_row = 0
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.progress.step += 1
-        self.progress.tgt_tokens += batch.n_tgt_tokens
+        p.step += 1
+        p.tgt_tokens += batch.n_tgt_tokens
         return nll_sum.detach()
 
     # -- validation -------------------------------------------------------------------------------
@@ -140,21 +255,29 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
 
     def checkpoint_payload(self) -> dict:
-        p = self.progress
         return {
             **model_payload(self.model, self.cfg, self.tokenizer),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "progress": {
-                "step": p.step,
-                "epoch": p.epoch,
-                "best_score": p.best_score,
-                "best_step": p.best_step,
-                "train_seconds": p.train_seconds,
-                "validation_seconds": p.validation_seconds,
-                "tgt_tokens": p.tgt_tokens,
+            "progress": asdict(self.progress),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
         }
+
+    def save(self, *, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt``, and a numbered copy when ``keep_last`` > 0)."""
+        payload = self.checkpoint_payload()
+        save_checkpoint(self.run_dir / "last.pt", payload)
+        if best:
+            save_checkpoint(self.run_dir / "best.pt", payload)
+        keep = self.cfg.train.keep_last
+        if keep > 0:
+            save_checkpoint(self.run_dir / f"step_{self.progress.step}.pt", payload)
+            numbered = sorted(self.run_dir.glob("step_*.pt"), key=lambda q: int(q.stem[5:]))
+            for old in numbered[:-keep]:
+                old.unlink()
 
     def after_validation(self, metrics: dict[str, float]) -> None:
         """Log, keep ``best.pt`` (highest val BLEU, or lowest loss without BLEU), save last."""
@@ -162,74 +285,100 @@ class Trainer:
         self.logger.log_dict(metrics, p.step)
         p.history.append({"step": p.step, **metrics})
         current = metrics.get("val/bleu", -metrics["val/loss"])
-        payload = self.checkpoint_payload()
-        if current > p.best_score:
+        improved = current > p.best_score
+        if improved:
             p.best_score, p.best_step = current, p.step
-            payload["progress"].update(best_score=current, best_step=p.step)
-            save_checkpoint(self.run_dir / "best.pt", payload)
-        save_checkpoint(self.run_dir / "last.pt", payload)
+        self.save(best=improved)
 
     # -- the loop ---------------------------------------------------------------------------------
 
-    def should_stop(self, started: float) -> bool:
+    def limit_reached(self, started: float) -> bool:
         t, p = self.cfg.train, self.progress
         if t.max_steps is not None and p.step >= t.max_steps:
             return True
-        if t.max_minutes is not None and (time.monotonic() - started) / 60 >= t.max_minutes:
-            return True
-        return False
+        return t.max_minutes is not None and (time.monotonic() - started) / 60 >= t.max_minutes
 
     def fit(self) -> dict:
-        """Train until a limit is reached, then translate the test split with the best model."""
+        """Train until a limit is reached, then translate the test split with the best model.
+
+        Raises TrainingInterrupted after saving when SIGINT/SIGTERM arrives.
+        """
+        with stop_on_signals() as interrupted:
+            self.train_loop(interrupted)
+        if interrupted.is_set():
+            raise TrainingInterrupted(
+                f"training stopped at step {self.progress.step} and saved "
+                f"{self.run_dir / 'last.pt'}; continue it with: python scripts/train.py "
+                f"<same options> train.resume=auto hydra.run.dir={self.run_dir}"
+            )
+        return self.finish()
+
+    def train_loop(self, interrupted: threading.Event) -> None:
         t, p = self.cfg.train, self.progress
-        rng = np.random.default_rng(self.cfg.seed)
-        started = time.monotonic()
+        started = time.monotonic() - p.train_seconds
         bar = tqdm(
             total=t.max_steps,
+            initial=p.step,
             disable=not t.progress_bar,
             unit="step",
             mininterval=2.0,
             dynamic_ncols=True,
         )
-        window_nll, window_tokens, window_start = torch.zeros((), device=self.device), 0, started
-        stop = False
-        while not stop and (t.max_epochs is None or p.epoch < t.max_epochs):
-            p.epoch += 1
-            for batch in self.data.train.batches(t.batch_tokens, rng):
+        window_nll = torch.zeros((), device=self.device)
+        window_tokens, window_start = 0, time.monotonic()
+        validated_at = p.history[-1]["step"] if p.history else -1
+        while t.max_epochs is None or p.epoch < t.max_epochs:
+            # The batch order of an epoch depends on (seed, epoch) only: resumable mid-epoch.
+            rng = np.random.default_rng([self.cfg.seed, p.epoch])
+            for batch in self.data.train.batches(t.batch_tokens, rng, skip=p.batch_in_epoch):
+                step_before = p.step
                 window_nll += self.train_step(batch)
                 window_tokens += batch.n_tgt_tokens
+                if p.step == step_before:  # skipped (non-finite)
+                    continue
                 bar.update(1)
                 if p.step % t.log_every_steps == 0:
                     now = time.monotonic()
-                    loss = float(window_nll) / window_tokens
-                    speed = window_tokens / (now - window_start)
-                    self.logger.log_dict(
-                        {
-                            "train/loss": loss,
-                            "train/ppl": math.exp(min(loss, 50.0)),
-                            "train/lr": self.scheduler.get_last_lr()[0],
-                            "train/tgt_tokens_per_s": speed,
-                            "train/epoch": p.epoch,
-                        },
-                        p.step,
+                    self.log_training(
+                        float(window_nll) / window_tokens, window_tokens / (now - window_start), bar
                     )
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", epoch=p.epoch)
                     window_nll.zero_()
                     window_tokens, window_start = 0, now
-                stop = self.should_stop(started)
-                if p.step % t.val_every_steps == 0 or stop:
+                limit = self.limit_reached(started)
+                p.train_seconds = time.monotonic() - started
+                if p.step % t.val_every_steps == 0 or limit:
                     pause = time.monotonic()
                     self.after_validation(self.validate())
+                    validated_at = p.step
                     paused = time.monotonic() - pause
                     window_start += paused  # speeds exclude validation
                     p.validation_seconds += paused
-                if stop:
-                    break
+                elif p.step % t.save_every_steps == 0 or interrupted.is_set():
+                    self.save()
+                if limit or interrupted.is_set():
+                    bar.close()
+                    return
+            p.epoch += 1
+            p.batch_in_epoch = 0
         bar.close()
-        if p.step % t.val_every_steps != 0 and not stop:
-            self.after_validation(self.validate())  # the epoch limit ended training
-        p.train_seconds = time.monotonic() - started
-        return self.finish()
+        if validated_at != p.step:  # the epoch limit ended training between validations
+            p.train_seconds = time.monotonic() - started
+            self.after_validation(self.validate())
+
+    def log_training(self, loss: float, speed: float, bar: tqdm) -> None:
+        p = self.progress
+        self.logger.log_dict(
+            {
+                "train/loss": loss,
+                "train/ppl": math.exp(min(loss, 50.0)),
+                "train/lr": self.scheduler.get_last_lr()[0],
+                "train/tgt_tokens_per_s": speed,
+                "train/epoch": p.epoch + 1,
+                "train/nonfinite_updates": p.nonfinite_updates,
+            },
+            p.step,
+        )
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", epoch=p.epoch + 1)
 
     def finish(self) -> dict:
         """Translate the test split with the best checkpoint; write metrics.json."""

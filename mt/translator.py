@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mt.data import pad
+from mt.data import clean_line, pad
 from mt.model import Transformer
 from mt.search import SpecialIds, beam_search, greedy_search
 from mt.tokenizer import Tokenizer
@@ -71,7 +71,7 @@ class Translator:
         return results
 
     def _encode(self, lines: list[str]) -> list[list[int]]:
-        encoded = self.tokenizer.encode([line.strip() for line in lines])
+        encoded = self.tokenizer.encode([clean_line(line) for line in lines])
         for n, ids in enumerate(encoded):
             if len(ids) > self.max_src_tokens:
                 log.warning(

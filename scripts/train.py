@@ -9,6 +9,7 @@ Examples::
 
 import json
 import logging
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs, validate_run_config
-from mt.trainer import Trainer
+from mt.trainer import Trainer, TrainingInterrupted
 
 register_configs()
 log = logging.getLogger("mt")
@@ -28,7 +29,11 @@ def main(cfg: DictConfig) -> None:
         run = from_hydra(cfg)
         validate_run_config(run)
         run_dir = HydraConfig.get().runtime.output_dir
-        metrics = Trainer(run, run_dir).fit()
+        try:
+            metrics = Trainer(run, run_dir).fit()
+        except TrainingInterrupted as stopped:
+            print(f"interrupted: {stopped}", file=sys.stderr)
+            sys.exit(130)
     test = metrics["test"]
     print(json.dumps({"run_dir": run_dir, "test": test, "train": metrics["train"]}, indent=2))
     print(

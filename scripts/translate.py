@@ -5,6 +5,7 @@ per input line to stdout (``cat in.txt | python scripts/translate.py checkpoint=
 """
 
 import logging
+import os
 import sys
 
 import hydra
@@ -13,7 +14,7 @@ from omegaconf import DictConfig
 from mt.checkpoint import load_model
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs, validate_decode
-from mt.interactive import prompt_loop, stdin_text, translate_stream
+from mt.interactive import prompt_loop, text_lines, translate_stream
 from mt.runtime import resolve_device
 from mt.translator import Translator
 
@@ -36,12 +37,19 @@ def main(cfg: DictConfig) -> None:
             max_len_a=dec.max_len_a,
             max_len_b=dec.max_len_b,
         )
-    if sys.stdin.isatty():
-        prompt_loop(translator, n_best=tcfg.n_best)
-    else:
-        translate_stream(
-            translator, stdin_text(), sys.stdout, batch_size=tcfg.batch_size, n_best=tcfg.n_best
-        )
+    try:
+        if sys.stdin.isatty():
+            prompt_loop(translator, n_best=tcfg.n_best)
+        else:
+            lines = text_lines(sys.stdin.buffer)
+            translate_stream(
+                translator, lines, sys.stdout, batch_size=tcfg.batch_size, n_best=tcfg.n_best
+            )
+    except KeyboardInterrupt:  # Ctrl-C in a pipe: stop quietly, what was written stays
+        sys.exit(130)
+    except BrokenPipeError:  # the reader went away (e.g. `| head`): no error at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Reading parallel files, cleaning, tokenising, token-budget batching, collation."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -110,3 +112,55 @@ def test_parallel_data_batches_cover_every_pair(tokenizer):
     data = ParallelData(src, tgt, tokenizer)
     batches = data.batches(200, np.random.default_rng(0))
     assert sum(b.n_tgt_tokens for b in batches) == sum(len(t) + 1 for t in tgt)
+
+
+def test_hub_style_dataset_with_translation_column(tmp_path):
+    """The hub path (``datasets.load_dataset``) on a local dataset folder of the same shape."""
+    folder = tmp_path / "hubds"
+    folder.mkdir()
+    rows = [{"translation": {"fr": f"bonjour {i}", "en": f"hello {i}"}} for i in range(5)]
+    (folder / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (folder / "test.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    cfg = DataConfig(
+        hub_name=str(folder), src_lang="en", tgt_lang="fr", cache_dir=str(tmp_path / "cache")
+    )
+    ds = load_split(cfg, "train")
+    assert ds["src"] == [f"hello {i}" for i in range(5)]
+    assert ds["tgt"][2] == "bonjour 2"
+    wrong = DataConfig(
+        hub_name=str(folder), src_lang="de", tgt_lang="fr", cache_dir=str(tmp_path / "cache")
+    )
+    with pytest.raises(ValueError, match=r"languages \['en', 'fr'\]"):
+        load_split(wrong, "test")
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    cfg = folder_config(tmp_path)
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, "train", {"xx": ["a", "b", "c"], "yy": ["1", "2", "3"]})
+    (corpus / "train.yy").write_bytes(b"1\n2\xff\xfe\n3\n")
+    with pytest.raises(ValueError, match=r"train\.yy, line 2: invalid UTF-8.*invalid_utf8=replace"):
+        load_split(cfg, "train")
+    replaced = load_split(folder_config(tmp_path, invalid_utf8="replace"), "train")
+    assert replaced["tgt"] == ["1", "2\ufffd\ufffd", "3"]
+
+
+def test_control_characters_crlf_and_separators_are_cleaned(tmp_path):
+    cfg = folder_config(tmp_path)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir(parents=True)
+    (corpus / "train.xx").write_bytes("a\x00b\r\nc\u2028d\r\ne\tf\x1b\n".encode())
+    (corpus / "train.yy").write_bytes(b"1\r\n2\r\n3\n")
+    ds = load_split(cfg, "train")
+    assert ds["src"] == ["a b", "c d", "e f"]
+    assert ds["tgt"] == ["1", "2", "3"]
+
+
+def test_truncated_gzip_is_a_clear_error(tmp_path):
+    cfg = folder_config(tmp_path)
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, "train", {"xx": ["a"] * 2000, "yy": ["b"] * 2000}, gz=True)
+    data = (corpus / "train.xx.gz").read_bytes()
+    (corpus / "train.xx.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"cannot read .*train\.xx\.gz"):
+        load_split(cfg, "train")

@@ -4,8 +4,10 @@ import io
 import logging
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from mt.interactive import prompt_loop, translate_stream
+from mt.interactive import prompt_loop, text_lines, translate_stream
 from mt.model import Transformer
 from mt.translator import Translator
 from tests.conftest import synthetic_sentences
@@ -76,3 +78,28 @@ def test_prompt_answers_each_line_and_ends_on_eof(translator):
     text = out.getvalue()
     assert text.count("> ") == 3  # two lines, then end of input
     assert "1. (" in text and "2. (" in text
+
+
+def test_binary_and_invalid_utf8_input_keeps_the_line_count(translator):
+    raw = b"abc\xff\xfe def\n\x00\x01\x02\n\rcarriage\x0cfeed\x85\n\xf0\x9f\xa4\x96\n"
+    out = io.StringIO()
+    count = translate_stream(translator, text_lines(io.BytesIO(raw)), out)
+    assert count == 4
+    assert out.getvalue().count("\n") == 4
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.text(alphabet=st.characters(blacklist_characters="\n"), max_size=60), max_size=6)
+)
+def test_any_text_gives_exactly_one_line_per_input_line(translator, lines):
+    raw = "".join(line + "\n" for line in lines).encode("utf-8", errors="surrogatepass")
+    out = io.StringIO()
+    translate_stream(translator, text_lines(io.BytesIO(raw)), out, batch_size=4)
+    written = out.getvalue().split("\n")
+    assert len(written) == len(lines) + 1 and written[-1] == ""
+    for line, translation in zip(lines, written):
+        if not line.strip():
+            assert translation == ""
