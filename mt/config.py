@@ -175,6 +175,25 @@ class TranslateConfig:
     device: str = "auto"
 
 
+@dataclass
+class BenchmarkConfig:
+    """``scripts/benchmark.py``: how long to measure."""
+
+    warmup_steps: int = 5
+    train_steps: int = 5
+    """Timed training steps per round; ours and the yardstick alternate for ``rounds`` rounds."""
+    rounds: int = 4
+    probe_size: int = 2048
+    """Side of the square matrices of the matrix-multiply peak probe."""
+
+
+@dataclass
+class BenchmarkRunConfig(RunConfig):
+    checkpoint: str | None = None
+    """A trained model: its architecture is measured, and decoding too (else training only)."""
+    bench: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+
 # ----------------------------------------------------------------------------------------------
 # Validation: impossible values fail in one line, naming the option.
 
@@ -286,3 +305,4 @@ def register_configs() -> None:
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="translate_schema", node=TranslateConfig)
+    cs.store(name="benchmark_schema", node=BenchmarkRunConfig)

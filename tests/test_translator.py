@@ -103,3 +103,13 @@ def test_any_text_gives_exactly_one_line_per_input_line(translator, lines):
     for line, translation in zip(lines, written):
         if not line.strip():
             assert translation == ""
+
+
+def test_ctrl_c_at_the_prompt_ends_quietly(translator):
+    class Interrupting(io.StringIO):
+        def readline(self, *args):
+            raise KeyboardInterrupt
+
+    out = io.StringIO()
+    prompt_loop(translator, inp=Interrupting(), out=out)  # no exception escapes
+    assert out.getvalue().endswith("> \n")

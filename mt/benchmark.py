@@ -1,0 +1,264 @@
+"""Measure training and decoding speed on the machine at hand, next to a yardstick.
+
+Training: steady-state target tokens/s of our Transformer and, on the same batches in the same
+run, of ``torch.nn.Transformer`` with the same sizes, embeddings and output layer. The two are
+measured in alternating rounds so that load changes on a noisy machine hit both alike. Model
+FLOPs count 6 per parameter per token (encoder parameters x source tokens, decoder and output
+layer parameters x target tokens) and are compared with a matrix-multiply probe of the same run.
+
+Decoding (with a trained checkpoint only: an untrained model rarely emits EOS, so its speed says
+nothing): sentences/s, output words/s, target tokens/s and BLEU, greedy and beam 5.
+
+Legend: B batch, S source length, T target length, D d_model, V vocabulary.
+"""
+
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mt.checkpoint import LoadedModel, load_model
+from mt.config import BenchmarkConfig, BenchmarkRunConfig, RunConfig
+from mt.data import Batch, load_split, prepare_data
+from mt.loss import label_smoothed_nll
+from mt.masks import causal_mask
+from mt.metrics import score
+from mt.model import Transformer, build_model
+from mt.modules.embeddings import PositionalEncoding, TokenEmbedding
+from mt.optim import build_optimizer
+from mt.runtime import resolve_device, set_seed
+from mt.tokenizer import Tokenizer
+from mt.translator import Translator
+
+
+class ReferenceTransformer(nn.Module):
+    """``torch.nn.Transformer`` wrapped with our embeddings and tied output layer."""
+
+    def __init__(
+        self, ours: Transformer, *, n_heads: int, d_ff: int, dropout: float, pre_norm: bool
+    ) -> None:
+        super().__init__()
+        d_model = ours.embed.weight.size(1)
+        self.pad_id = ours.pad_id
+        self.embed = TokenEmbedding(
+            vocab_size=ours.embed.weight.size(0), d_model=d_model, pad_id=ours.pad_id
+        )
+        self.pos = PositionalEncoding(
+            d_model=d_model, max_positions=ours.max_positions, dropout=dropout
+        )
+        self.core = nn.Transformer(
+            d_model=d_model,
+            nhead=n_heads,
+            num_encoder_layers=len(ours.encoder_layers),
+            num_decoder_layers=len(ours.decoder_layers),
+            dim_feedforward=d_ff,
+            dropout=dropout,
+            batch_first=True,
+            norm_first=pre_norm,
+        )
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """src (B, S), tgt_in (B, T) -> logits (B, T, V)."""
+        t = tgt_in.size(1)
+        causal = ~causal_mask(t, src.device)[0, 0]  # nn.Transformer: True = may NOT attend
+        hidden = self.core(
+            self.pos(self.embed(src)),
+            self.pos(self.embed(tgt_in)),
+            tgt_mask=causal,
+            src_key_padding_mask=src == self.pad_id,
+            memory_key_padding_mask=src == self.pad_id,
+            tgt_is_causal=True,
+        )
+        return self.embed.logits(hidden)
+
+
+def parameter_flops_per_step(model: Transformer, src_tokens: int, tgt_tokens: int) -> float:
+    """6 FLOPs per parameter per token (forward 2, backward 4)."""
+    enc = sum(p.numel() for n, p in model.named_parameters() if n.startswith("encoder"))
+    dec = sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder"))
+    out = model.embed.weight.numel()  # the tied output layer
+    return 6.0 * (enc * src_tokens + (dec + out) * tgt_tokens)
+
+
+def matmul_peak(device: torch.device, size: int, repeats: int = 10) -> float:
+    """Best-of-N FLOP/s of a square fp32 matrix multiply: what the hardware gives us."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    best = math.inf
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory so far: GPU allocator peak, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def time_steps(model: nn.Module, optimizer, batches: list[Batch], device, cfg: RunConfig):
+    """Seconds for training steps over ``batches`` (synchronised at the end only)."""
+    model.train()
+    _sync(device)
+    start = time.perf_counter()
+    for batch in batches:
+        batch = batch.to(device)
+        loss_sum, _, _ = label_smoothed_nll(
+            model(batch.src, batch.tgt_in),
+            batch.tgt_out,
+            epsilon=cfg.train.label_smoothing,
+            pad_id=0,
+        )
+        (loss_sum / batch.n_tgt_tokens).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def benchmark_training(
+    cfg: RunConfig, bench: BenchmarkConfig, tokenizer: Tokenizer | None, device: torch.device
+) -> dict:
+    data = prepare_data(cfg.data, seed=cfg.seed, tokenizer=tokenizer)
+    ours = build_model(cfg.model, vocab_size=data.tokenizer.vocab_size, pad_id=0).to(device)
+    ref = ReferenceTransformer(
+        ours,
+        n_heads=cfg.model.n_heads,
+        d_ff=cfg.model.d_ff,
+        dropout=cfg.model.dropout,
+        pre_norm=cfg.model.pre_norm,
+    ).to(device)
+    opts = {m: build_optimizer(m, cfg.train) for m in (ours, ref)}
+    batches = list(data.train.batches(cfg.train.batch_tokens, np.random.default_rng(cfg.seed)))
+    per_round = bench.train_steps
+    needed = bench.warmup_steps + bench.rounds * per_round
+    batches = (batches * math.ceil(needed / len(batches)))[:needed]
+    warm, timed = batches[: bench.warmup_steps], batches[bench.warmup_steps :]
+    for model in (ours, ref):
+        time_steps(model, opts[model], warm, device, cfg)
+    seconds = {"ours": 0.0, "ref": 0.0}
+    for r in range(bench.rounds):  # alternate, so that load changes hit both
+        chunk = timed[r * per_round : (r + 1) * per_round]
+        seconds["ours"] += time_steps(ours, opts[ours], chunk, device, cfg)
+        seconds["ref"] += time_steps(ref, opts[ref], chunk, device, cfg)
+    tgt = sum(b.n_tgt_tokens for b in timed)
+    src = sum(int((b.src != 0).sum()) for b in timed)
+    padded = sum(b.src.numel() + b.tgt_out.numel() for b in timed)
+    flops = sum(
+        parameter_flops_per_step(ours, int((b.src != 0).sum()), b.n_tgt_tokens) for b in timed
+    )
+    peak = matmul_peak(device, bench.probe_size)
+    achieved = flops / seconds["ours"]
+    return {
+        "tgt_tokens_per_s": round(tgt / seconds["ours"], 1),
+        "src_tgt_tokens_per_s": round((src + tgt) / seconds["ours"], 1),
+        "reference_tgt_tokens_per_s": round(tgt / seconds["ref"], 1),
+        "speedup_vs_reference": round(seconds["ref"] / seconds["ours"], 3),
+        "padding_fraction": round(1 - (src + tgt) / padded, 4),
+        "flops_per_tgt_token": round(flops / tgt),
+        "achieved_flop_per_s": round(achieved),
+        "matmul_peak_flop_per_s": round(peak),
+        "utilisation": round(achieved / peak, 3),
+        "steps_timed": len(timed),
+        "tgt_tokens_per_step": round(tgt / len(timed), 1),
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+    }
+
+
+def benchmark_decoding(loaded: LoadedModel, cfg: RunConfig, device: torch.device) -> dict:
+    ds = load_split(cfg.data, cfg.data.test_split)
+    sources, references = ds["src"], ds["tgt"]
+    model = loaded.model.to(device)
+    results = {}
+    for name, beam in (("greedy", 1), ("beam5", 5)):
+        translator = Translator(
+            model, loaded.tokenizer, beam_size=beam, batch_tokens=cfg.decode.batch_tokens
+        )
+        translator.translate(sources[:50])  # warm-up
+        start = time.perf_counter()
+        hyps = translator.translate(sources)
+        seconds = time.perf_counter() - start
+        n_tokens = sum(len(ids) + 1 for ids in loaded.tokenizer.encode(hyps))
+        results[name] = {
+            "sentences_per_s": round(len(hyps) / seconds, 1),
+            "words_per_s": round(sum(len(h.split()) for h in hyps) / seconds, 1),
+            "tokens_per_s": round(n_tokens / seconds, 1),
+            "bleu": score(hyps, references).bleu,
+            "seconds": round(seconds, 2),
+            "peak_memory_mb": round(peak_memory_mb(device), 1),
+        }
+    return results
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        name = next(
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
+    """Measure, write ``benchmark.json`` in ``out_dir`` and return the result."""
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.train.device)
+    loaded = load_model(cfg.checkpoint) if cfg.checkpoint else None
+    if loaded:  # measure the checkpoint's architecture and vocabulary
+        cfg.model = loaded.config.model
+    result = {
+        "machine": machine_description(device),
+        "torch": torch.__version__,
+        "model": asdict(cfg.model),
+        "batch_tokens": cfg.train.batch_tokens,
+    }
+    tokenizer = loaded.tokenizer if loaded else None
+    result["train"] = benchmark_training(cfg, cfg.bench, tokenizer, device)
+    if loaded:
+        result["decode"] = benchmark_decoding(loaded, cfg, device)
+    else:
+        result["decode"] = "skipped: give checkpoint=PATH (a trained model) to measure decoding"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmark.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def format_table(result: dict) -> str:
+    rows = [("machine", result["machine"])]
+    rows += [(f"train.{k}", v) for k, v in result["train"].items()]
+    if isinstance(result["decode"], dict):
+        for name, values in result["decode"].items():
+            rows += [(f"decode.{name}.{k}", v) for k, v in values.items()]
+    else:
+        rows.append(("decode", result["decode"]))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(
+        f"{k:<{width}}  {v:,}" if isinstance(v, (int, float)) else f"{k:<{width}}  {v}"
+        for k, v in rows
+    )

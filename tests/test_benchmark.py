@@ -1,0 +1,81 @@
+"""The benchmark script runs and writes valid JSON (a tiny setting; the numbers are not tested)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from mt.checkpoint import model_payload, save_checkpoint
+from mt.config import DataConfig, ModelConfig, RunConfig
+from mt.model import build_model
+from mt.tokenizer import Tokenizer
+from tests.conftest import synthetic_sentences, write_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_writes_json(tmp_path):
+    corpus = tmp_path / "corpus"
+    for split, n in (("train", 120), ("val", 8), ("test", 8)):
+        write_corpus(
+            corpus,
+            split,
+            {"xx": synthetic_sentences(n, seed=1), "yy": synthetic_sentences(n, seed=2)},
+        )
+    tokenizer = Tokenizer.train(
+        synthetic_sentences(200, seed=1) + synthetic_sentences(200, seed=2), vocab_size=300
+    )
+    model_cfg = ModelConfig(d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1)
+    cfg = RunConfig(data=DataConfig(dir=str(corpus), src_lang="xx", tgt_lang="yy"), model=model_cfg)
+    model = build_model(model_cfg, vocab_size=tokenizer.vocab_size, pad_id=0)
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, model_payload(model, cfg, tokenizer))
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/benchmark.py",
+            "data=folder",
+            f"data.dir={corpus}",
+            "data.src_lang=xx",
+            "data.tgt_lang=yy",
+            "data.vocab_size=300",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"checkpoint={ckpt}",
+            "train.batch_tokens=300",
+            "bench.warmup_steps=1",
+            "bench.train_steps=1",
+            "bench.rounds=2",
+            "bench.probe_size=64",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "benchmark.json").read_text())
+    train = data["train"]
+    for key in (
+        "tgt_tokens_per_s",
+        "reference_tgt_tokens_per_s",
+        "padding_fraction",
+        "flops_per_tgt_token",
+        "achieved_flop_per_s",
+        "matmul_peak_flop_per_s",
+        "utilisation",
+        "peak_memory_mb",
+    ):
+        assert train[key] > 0 or key == "padding_fraction", key
+    assert 0 <= train["padding_fraction"] < 1
+    for mode in ("greedy", "beam5"):
+        assert set(data["decode"][mode]) >= {
+            "sentences_per_s",
+            "words_per_s",
+            "tokens_per_s",
+            "bleu",
+            "peak_memory_mb",
+        }
+    assert data["model"]["d_model"] == 16  # the checkpoint's architecture was measured
+    assert "train.tgt_tokens_per_s" in result.stdout
