@@ -92,6 +92,9 @@ class TrainConfig:
     log_every_steps: int = 25
     val_bleu: bool = True
     """Compute greedy BLEU on the validation split at each validation (selects ``best``)."""
+    val_attention_plot: bool = True
+    """At each validation, log the cross-attention heatmap of the first validation sentence to
+    TensorBoard (needs matplotlib)."""
     save_every_steps: int = 200
     """How often ``last.pt`` is written (it is also written at each validation)."""
     keep_last: int = 0
@@ -172,6 +175,11 @@ class TranslateConfig:
     n_best: int = 1
     batch_size: int = 64
     """Lines read from a pipe are translated this many at a time."""
+    attention_plot: str | None = None
+    """A folder: write the cross-attention heatmap of each translated line there as
+    ``attention_<line>.png`` (source pieces x target pieces, head mean and each head)."""
+    attention_layer: int = -1
+    """Decoder layer whose cross-attention is plotted (negative counts from the last)."""
     device: str = "auto"
 
 

@@ -7,12 +7,13 @@ UTF-8 are replaced (U+FFFD) rather than stopping the stream.
 
 import io
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO, TextIO
 
 from mt.translator import Translator
 
 PROMPT = "> "
+LineHook = Callable[[int, str], None]
 
 
 def one_line(text: str) -> str:
@@ -27,10 +28,12 @@ def translate_stream(
     *,
     batch_size: int = 64,
     n_best: int = 1,
+    on_line: LineHook | None = None,
 ) -> int:
     """Translate ``lines`` (without or with trailing newlines) to ``out``; returns the count.
 
     With ``n_best`` > 1 each output line holds the n translations separated by tabs.
+    ``on_line(line_number, text)`` runs after each line is written (e.g. attention plots).
     """
     count = 0
     chunk: list[str] = []
@@ -39,6 +42,9 @@ def translate_stream(
         for nbest in translator.translate_nbest(chunk, n_best=n_best):
             out.write("\t".join(one_line(t.text) for t in nbest) + "\n")
         out.flush()
+        if on_line:
+            for i, text in enumerate(chunk):
+                on_line(count - len(chunk) + i + 1, text)
         chunk.clear()
 
     for line in lines:
@@ -52,10 +58,16 @@ def translate_stream(
 
 
 def prompt_loop(
-    translator: Translator, *, n_best: int = 1, inp: TextIO = sys.stdin, out: TextIO = sys.stdout
+    translator: Translator,
+    *,
+    n_best: int = 1,
+    inp: TextIO = sys.stdin,
+    out: TextIO = sys.stdout,
+    on_line: LineHook | None = None,
 ) -> None:
     """Read a line, print its translation(s); Ctrl-D or Ctrl-C ends the session quietly."""
     out.write("Type a sentence and press Enter (Ctrl-D to quit).\n")
+    number = 0
     while True:
         try:
             out.write(PROMPT)
@@ -74,6 +86,9 @@ def prompt_loop(
             for rank, t in enumerate(nbest, start=1):
                 score = "" if t.score is None else f" ({t.score:.3f})"
                 out.write(f"{rank}.{score} {one_line(t.text)}\n")
+        number += 1
+        if on_line:
+            on_line(number, line.rstrip("\r\n"))
 
 
 def text_lines(binary: BinaryIO) -> TextIO:

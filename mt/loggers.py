@@ -5,13 +5,15 @@ The trainer only calls ``log_dict(metrics, step)``; tests pass a ListLogger and 
 
 import logging
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger("mt")
 
 
 class MetricLogger(Protocol):
     def log_dict(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def log_figure(self, name: str, figure: Any, step: int) -> None: ...
 
     def close(self) -> None: ...
 
@@ -31,6 +33,10 @@ class TensorBoardLogger:
             self.writer.add_scalar(name, value, step)
         self.writer.flush()
 
+    def log_figure(self, name: str, figure: Any, step: int) -> None:
+        self.writer.add_figure(name, figure, step)  # closes the figure
+        self.writer.flush()
+
     def close(self) -> None:
         self.writer.close()
 
@@ -43,6 +49,9 @@ class ConsoleLogger:
             text = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items())
             log.info("step %d | %s", step, text)
 
+    def log_figure(self, name: str, figure: Any, step: int) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -52,9 +61,13 @@ class ListLogger:
 
     def __init__(self) -> None:
         self.records: list[tuple[int, dict[str, float]]] = []
+        self.figures: list[tuple[int, str, Any]] = []
 
     def log_dict(self, metrics: dict[str, float], step: int) -> None:
         self.records.append((step, dict(metrics)))
+
+    def log_figure(self, name: str, figure: Any, step: int) -> None:
+        self.figures.append((step, name, figure))
 
     def close(self) -> None:
         pass
@@ -67,6 +80,10 @@ class MultiLogger:
     def log_dict(self, metrics: dict[str, float], step: int) -> None:
         for logger in self.loggers:
             logger.log_dict(metrics, step)
+
+    def log_figure(self, name: str, figure: Any, step: int) -> None:
+        for logger in self.loggers:
+            logger.log_figure(name, figure, step)
 
     def close(self) -> None:
         for logger in self.loggers:

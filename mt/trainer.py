@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mt.attention_plot import cross_attention, plot
 from mt.checkpoint import load_checkpoint, load_weights, model_payload, save_checkpoint
 from mt.config import RunConfig
 from mt.data import Batch, EvalSet, PreparedData, prepare_data
@@ -283,12 +284,24 @@ class Trainer:
         """Log, keep ``best.pt`` (highest val BLEU, or lowest loss without BLEU), save last."""
         p = self.progress
         self.logger.log_dict(metrics, p.step)
+        if self.cfg.train.val_attention_plot and self.data.val.sources:
+            self.log_attention()
         p.history.append({"step": p.step, **metrics})
         current = metrics.get("val/bleu", -metrics["val/loss"])
         improved = current > p.best_score
         if improved:
             p.best_score, p.best_step = current, p.step
         self.save(best=improved)
+
+    def log_attention(self) -> None:
+        """The first validation sentence's cross-attention (last layer) as a TensorBoard image."""
+        try:
+            figure = plot(cross_attention(self.translator(beam_size=1), self.data.val.sources[0]))
+        except ImportError:
+            log.warning("matplotlib is not installed: no attention heatmaps in TensorBoard")
+            self.cfg.train.val_attention_plot = False
+            return
+        self.logger.log_figure("val/cross_attention", figure, self.progress.step)
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -316,6 +329,8 @@ class Trainer:
     def train_loop(self, interrupted: threading.Event) -> None:
         t, p = self.cfg.train, self.progress
         started = time.monotonic() - p.train_seconds
+        if p.step and self.limit_reached(started):
+            return  # resumed after training had ended (e.g. a crash during the test pass)
         bar = tqdm(
             total=t.max_steps,
             initial=p.step,

@@ -57,7 +57,7 @@ class Translator:
         """For each line its ``n_best`` translations, best first (greedy when beam_size is 1)."""
         if n_best > self.beam_size:
             raise ValueError(f"n_best={n_best} cannot exceed beam_size={self.beam_size}")
-        encoded = self._encode(lines)
+        encoded = self.encode(lines)
         results: list[list[Translation]] = [[Translation("", None)] for _ in lines]
         todo = [i for i, ids in enumerate(encoded) if ids]
         was_training = self.model.training
@@ -70,7 +70,8 @@ class Translator:
             self.model.train(was_training)
         return results
 
-    def _encode(self, lines: list[str]) -> list[list[int]]:
+    def encode(self, lines: list[str]) -> list[list[int]]:
+        """Subword ids of each line as the model sees it: cleaned, cut to the maximum length."""
         encoded = self.tokenizer.encode([clean_line(line) for line in lines])
         for n, ids in enumerate(encoded):
             if len(ids) > self.max_src_tokens:

@@ -7,10 +7,12 @@ per input line to stdout (``cat in.txt | python scripts/translate.py checkpoint=
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from mt.attention_plot import cross_attention, resolve_layer, save_plot
 from mt.checkpoint import load_model
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs, validate_decode
@@ -19,6 +21,20 @@ from mt.runtime import resolve_device
 from mt.translator import Translator
 
 register_configs()
+
+
+def attention_writer(translator: Translator, tcfg):
+    """A per-line hook that writes the line's cross-attention heatmap as a PNG."""
+    folder = Path(tcfg.attention_plot)
+    resolve_layer(translator.model, tcfg.attention_layer)  # fail now, not after the first line
+
+    def write(number: int, text: str) -> None:
+        if text.strip():
+            attention = cross_attention(translator, text, layer=tcfg.attention_layer)
+            path = save_plot(attention, folder / f"attention_{number}.png")
+            print(f"attention heatmap: {path}", file=sys.stderr)
+
+    return write
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="translate")
@@ -37,13 +53,19 @@ def main(cfg: DictConfig) -> None:
             max_len_a=dec.max_len_a,
             max_len_b=dec.max_len_b,
         )
+        on_line = attention_writer(translator, tcfg) if tcfg.attention_plot else None
     try:
         if sys.stdin.isatty():
-            prompt_loop(translator, n_best=tcfg.n_best)
+            prompt_loop(translator, n_best=tcfg.n_best, on_line=on_line)
         else:
             lines = text_lines(sys.stdin.buffer)
             translate_stream(
-                translator, lines, sys.stdout, batch_size=tcfg.batch_size, n_best=tcfg.n_best
+                translator,
+                lines,
+                sys.stdout,
+                batch_size=tcfg.batch_size,
+                n_best=tcfg.n_best,
+                on_line=on_line,
             )
     except KeyboardInterrupt:  # Ctrl-C in a pipe: stop quietly, what was written stays
         sys.exit(130)

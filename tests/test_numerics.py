@@ -72,6 +72,7 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path, monkeypatch):
         m["train/nonfinite_updates"] for _, m in logger.records if "train/nonfinite_updates" in m
     ]
     assert logged[-1] == 2
+    assert [name for _, name, _ in logger.figures] == ["val/cross_attention"] * 2  # steps 4, 6
 
 
 def test_many_nonfinite_updates_in_a_row_stop_with_checkpoint_intact(tmp_path, monkeypatch):
