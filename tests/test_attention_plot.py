@@ -61,3 +61,19 @@ def test_heatmap_png_is_written(translator, tmp_path):
 def test_missing_layer_is_a_clear_error(translator):
     with pytest.raises(ValueError, match="attention_layer=5 does not exist: the decoder has 2"):
         cross_attention(translator, "abc", layer=5)
+
+
+def test_training_curves_png_from_tensorboard(tmp_path):
+    from mt.curves import plot_curves, read_scalars
+    from mt.loggers import TensorBoardLogger
+
+    logger = TensorBoardLogger(tmp_path / "tb")
+    for step in (10, 20, 30):
+        logger.log_dict({"train/loss": 5.0 - step / 10, "train/lr": 1e-3}, step)
+        logger.log_dict({"val/loss": 4.0 - step / 20, "val/bleu": step / 2}, step)
+    logger.close()
+    assert read_scalars(tmp_path / "tb")["val/bleu"] == [(10, 5.0), (20, 10.0), (30, 15.0)]
+    path = plot_curves(tmp_path / "tb", tmp_path / "curves.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError):
+        plot_curves(tmp_path / "missing", tmp_path / "x.png")
