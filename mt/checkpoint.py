@@ -111,3 +111,31 @@ def model_payload(model: torch.nn.Module, config: RunConfig, tokenizer: Tokenize
         "config": to_dict(config),
         "tokenizer": tokenizer.model_proto,
     }
+
+
+def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
+    """A checkpoint whose weights are the mean of ``paths``' weights (Vaswani et al. 2017, 6.1).
+
+    Config and tokenizer come from the last path; all must have the same tensors and shapes.
+    Training state (optimizer, progress) is dropped: the result is for translation only.
+    """
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    payloads = [load_checkpoint(p) for p in paths]
+    reference = payloads[-1]
+    total = {k: v.double().clone() for k, v in reference["model"].items()}
+    for path, payload in zip(paths[:-1], payloads[:-1]):
+        if payload["tokenizer"] != reference["tokenizer"]:
+            raise ValueError(f"{path} has another vocabulary than {paths[-1]}: cannot average")
+        state = payload["model"]
+        if set(state) != set(total) or any(state[k].shape != total[k].shape for k in total):
+            raise ValueError(f"{path} does not have the same tensors as {paths[-1]}")
+        for k in total:
+            total[k] += state[k].double()
+    model = {k: (v / len(paths)).to(reference["model"][k].dtype) for k, v in total.items()}
+    return {
+        "model": model,
+        "config": reference["config"],
+        "tokenizer": reference["tokenizer"],
+        "averaged_from": [str(p) for p in paths],
+    }

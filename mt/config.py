@@ -99,6 +99,9 @@ class TrainConfig:
     """How often ``last.pt`` is written (it is also written at each validation)."""
     keep_last: int = 0
     """Also keep the N most recent ``step_<N>.pt`` checkpoints (0: only ``last`` and ``best``)."""
+    average_last: int = 0
+    """At the end, average the last N ``step_*.pt`` (needs ``keep_last`` >= N) and test with the
+    average if it beats ``best.pt`` on validation."""
     resume: str | None = None
     """``auto`` (the run directory's ``last.pt``, if any) or the path of a checkpoint."""
     max_nonfinite_updates: int = 5
@@ -234,6 +237,11 @@ def validate_run_config(cfg: RunConfig) -> None:
     )
     if t.keep_last < 0:
         raise ValueError(f"train.keep_last={t.keep_last} must be 0 or more")
+    if t.average_last > t.keep_last:
+        raise ValueError(
+            f"train.average_last={t.average_last} needs train.keep_last >= {t.average_last} "
+            f"(it is {t.keep_last}): only kept checkpoints can be averaged"
+        )
     for name in ("max_steps", "max_epochs", "max_minutes"):
         value = getattr(t, name)
         if value is not None and value <= 0:

@@ -26,7 +26,13 @@ import torch
 from tqdm import tqdm
 
 from mt.attention_plot import cross_attention, plot
-from mt.checkpoint import load_checkpoint, load_weights, model_payload, save_checkpoint
+from mt.checkpoint import (
+    average_checkpoints,
+    load_checkpoint,
+    load_weights,
+    model_payload,
+    save_checkpoint,
+)
 from mt.config import RunConfig
 from mt.data import Batch, EvalSet, PreparedData, prepare_data
 from mt.loggers import ConsoleLogger, MetricLogger, MultiLogger, TensorBoardLogger
@@ -395,11 +401,35 @@ class Trainer:
         )
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", epoch=p.epoch + 1)
 
+    def choose_final_checkpoint(self) -> tuple[Path, dict | None]:
+        """``best.pt``, or ``averaged.pt`` if averaging the last N scores higher on validation;
+        and the averaged checkpoint's validation score, when there is one."""
+        best = self.run_dir / "best.pt"
+        n = self.cfg.train.average_last
+        numbered = sorted(self.run_dir.glob("step_*.pt"), key=lambda q: int(q.stem[5:]))[-n:]
+        if n < 2 or len(numbered) < 2:
+            return best, None
+        averaged = self.run_dir / "averaged.pt"
+        save_checkpoint(averaged, average_checkpoints(numbered))
+        load_weights(self.model, load_checkpoint(averaged)["model"], source=str(averaged))
+        metrics = self.validate()
+        score_avg = metrics.get("val/bleu", -metrics["val/loss"])
+        summary = {"from": [q.name for q in numbered], "val_score": score_avg}
+        log.info(
+            "average of %d checkpoints: validation score %.2f (best.pt: %.2f)",
+            len(numbered),
+            score_avg,
+            self.progress.best_score,
+        )
+        return (averaged if score_avg > self.progress.best_score else best), summary
+
     def finish(self) -> dict:
-        """Translate the test split with the best checkpoint; write metrics.json."""
+        """Translate the test split with the best checkpoint (or the average of the last ones,
+        when ``train.average_last`` is set and it scores higher on validation); write
+        metrics.json."""
         p = self.progress
-        best = load_checkpoint(self.run_dir / "best.pt")
-        load_weights(self.model, best["model"], source=str(self.run_dir / "best.pt"))
+        chosen, averaged = self.choose_final_checkpoint()
+        load_weights(self.model, load_checkpoint(chosen)["model"], source=str(chosen))
         dec = self.cfg.decode
         test = self.data.test
         hyps = self.translator(beam_size=dec.beam_size).translate(test.sources)
@@ -413,6 +443,8 @@ class Trainer:
                 **test_scores.as_dict(),
             },
             "best_checkpoint": {"step": p.best_step, "val_score": p.best_score},
+            "test_checkpoint": chosen.name,
+            "averaged": averaged,
             "train": {
                 "steps": p.step,
                 "epochs": p.epoch,

@@ -84,3 +84,23 @@ def test_size_mismatch_says_which_sizes_differ(tmp_path, tokenizer):
     save_checkpoint(path, payload)
     with pytest.raises(ValueError, match=r"fc1.weight: checkpoint \(32, 16\) vs model \(64, 16\)"):
         load_model(path)
+
+
+def test_average_checkpoints_is_the_mean(tmp_path, tokenizer):
+    from mt.checkpoint import average_checkpoints
+
+    paths = []
+    for i in range(3):
+        sub = tmp_path / str(i)
+        sub.mkdir()
+        path, _, _ = make_checkpoint(sub, tokenizer)
+        paths.append(path)
+    states = [load_checkpoint(p)["model"] for p in paths]
+    averaged = average_checkpoints(paths)
+    name = "decoder_layers.0.ff.fc1.weight"
+    torch.testing.assert_close(averaged["model"][name], sum(s[name] for s in states) / 3)
+    out = tmp_path / "avg.pt"
+    save_checkpoint(out, averaged)
+    assert load_model(out).config.model.d_model == 16
+    with pytest.raises(ValueError, match="no checkpoints"):
+        average_checkpoints([])

@@ -95,3 +95,11 @@ def test_filter_counts_reach_the_logger(tmp_path):
     first = logger.records[0][1]
     assert first["data/dropped_empty"] == 0
     assert first["data/train_pairs_kept"] + first["data/dropped_length_ratio"] == 200
+
+
+def test_average_last_checkpoints_at_the_end(tmp_path):
+    cfg = small_run(tmp_path, max_steps=6, save_every_steps=2, keep_last=2, average_last=2)
+    metrics = Trainer(cfg, tmp_path / "run", logger=ListLogger()).fit()
+    assert metrics["averaged"]["from"] == ["step_4.pt", "step_6.pt"]
+    assert metrics["test_checkpoint"] in ("best.pt", "averaged.pt")
+    assert (tmp_path / "run" / "averaged.pt").is_file()
