@@ -57,3 +57,16 @@ def tokenizer():
     from mt.tokenizer import Tokenizer
 
     return Tokenizer.train(synthetic_sentences(400), vocab_size=320)
+
+
+def random_translator(tokenizer, *, n_decoder_layers: int = 1, **search):
+    """An untrained small model behind a Translator: for plumbing tests, not for quality."""
+    from mt.translator import Translator
+
+    model = small_model(
+        vocab_size=tokenizer.vocab_size,
+        n_encoder_layers=1,
+        n_decoder_layers=n_decoder_layers,
+        max_positions=40,
+    )
+    return Translator(model, tokenizer, **search)

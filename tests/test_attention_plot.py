@@ -5,25 +5,13 @@ import torch
 
 from mt.attention_plot import cross_attention, save_plot
 from mt.masks import padding_mask
-from mt.model import Transformer
 from mt.modules.attention import scaled_dot_product_attention
-from mt.translator import Translator
+from tests.conftest import random_translator
 
 
 @pytest.fixture
 def translator(tokenizer):
-    model = Transformer(
-        vocab_size=tokenizer.vocab_size,
-        pad_id=0,
-        d_model=16,
-        n_heads=2,
-        d_ff=32,
-        n_encoder_layers=1,
-        n_decoder_layers=2,
-        dropout=0.0,
-        max_positions=40,
-    ).eval()
-    return Translator(model, tokenizer, beam_size=2, max_len_b=6)
+    return random_translator(tokenizer, n_decoder_layers=2, beam_size=2, max_len_b=6)
 
 
 def test_cross_attention_is_the_models_own(translator, tokenizer):

@@ -8,25 +8,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mt.interactive import prompt_loop, text_lines, translate_stream
-from mt.model import Transformer
-from mt.translator import Translator
-from tests.conftest import synthetic_sentences
+from tests.conftest import random_translator, synthetic_sentences
 
 
 @pytest.fixture
 def translator(tokenizer):
-    model = Transformer(
-        vocab_size=tokenizer.vocab_size,
-        pad_id=0,
-        d_model=16,
-        n_heads=2,
-        d_ff=32,
-        n_encoder_layers=1,
-        n_decoder_layers=1,
-        dropout=0.0,
-        max_positions=40,
-    ).eval()
-    return Translator(model, tokenizer, beam_size=3, max_len_b=5, batch_tokens=40)
+    return random_translator(tokenizer, beam_size=3, max_len_b=5, batch_tokens=40)
 
 
 def test_batched_translation_equals_one_by_one_and_keeps_order(translator):
