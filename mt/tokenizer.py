@@ -86,11 +86,17 @@ class Tokenizer:
                 sentence_iterator=iter(sample), model_writer=writer, **options
             )
         except RuntimeError as err:
-            message = str(err)
+            message = str(err).strip()
+            if "smaller than required" in message:  # byte pieces + characters do not fit
+                raise ValueError(
+                    f"data.vocab_size={vocab_size} is too small for this corpus: the 256 byte "
+                    f"pieces, special tokens and every character need more "
+                    f"(SentencePiece: {message}); raise data.vocab_size"
+                ) from None
             if "Vocabulary size" in message:
                 raise ValueError(
                     f"data.vocab_size={vocab_size} is too large for this corpus "
-                    f"(SentencePiece: {message.strip()}); lower data.vocab_size"
+                    f"(SentencePiece: {message}); lower data.vocab_size"
                 ) from None
             raise
         return cls(writer.getvalue())

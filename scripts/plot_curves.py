@@ -17,7 +17,7 @@ def main(argv: list[str]) -> int:
     run_dir = Path(argv[0])
     out = Path(argv[1]) if len(argv) == 2 else run_dir / "curves.png"
     try:
-        path = plot_curves(run_dir / "tensorboard", out, title=str(run_dir))
+        path = plot_curves(run_dir / "tensorboard", out, title=run_dir.resolve().name)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

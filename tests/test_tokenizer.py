@@ -28,3 +28,8 @@ def test_round_trip_and_serialisation(tmp_path, tokenizer):
 def test_vocabulary_too_large_names_the_option():
     with pytest.raises(ValueError, match="data.vocab_size=50000 is too large"):
         Tokenizer.train(synthetic_sentences(50), vocab_size=50000)
+
+
+def test_vocabulary_too_small_says_so():
+    with pytest.raises(ValueError, match="data.vocab_size=100 is too small"):
+        Tokenizer.train(synthetic_sentences(50), vocab_size=100)
