@@ -120,19 +120,24 @@ class Trainer:
         if state:
             self.restore(state, source=str(resume_from))
         self.logger = logger or MultiLogger(
-            TensorBoardLogger(self.run_dir / "tensorboard", purge_step=self.progress.step or None),
+            # Events after the checkpoint's step were written after it was saved: drop them.
+            TensorBoardLogger(
+                self.run_dir / "tensorboard",
+                purge_step=self.progress.step + 1 if self.progress.step else None,
+            ),
             ConsoleLogger(),
         )
         stats = self.data.filter_stats
-        self.logger.log_dict(
-            {
-                "data/train_pairs_kept": stats.kept,
-                "data/dropped_empty": stats.empty,
-                "data/dropped_too_long": stats.too_long,
-                "data/dropped_length_ratio": stats.bad_ratio,
-            },
-            self.progress.step,
-        )
+        if not state:
+            self.logger.log_dict(
+                {
+                    "data/train_pairs_kept": stats.kept,
+                    "data/dropped_empty": stats.empty,
+                    "data/dropped_too_long": stats.too_long,
+                    "data/dropped_length_ratio": stats.bad_ratio,
+                },
+                self.progress.step,
+            )
         log.info(
             "model: %s, %.1fM parameters, vocabulary %d, device %s; %d training pairs",
             cfg.model.name,
