@@ -1,4 +1,8 @@
-"""The tiny model must actually learn: a synthetic reversal task, solved to BLEU > 90."""
+"""The tiny model must actually learn: a synthetic reversal task, solved to BLEU > 90.
+
+On 2 CPU cores this takes about 4 minutes: `tiny` trains at ~1,400 target tokens/s there, and
+reversal needs ~320 updates of 1,024 tokens (150 updates reached BLEU 44).
+"""
 
 import random
 
