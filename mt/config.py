@@ -78,7 +78,14 @@ class TrainConfig:
     max_minutes: float | None = None
     """Stop after this much wall-clock training, then finish as usual (test, metrics)."""
     batch_tokens: int = 4096
-    """Token budget per batch: sentences x longest side (padded) stays at or under it."""
+    """Token budget per batch: sentences x longest side (padded) stays at or under it. Under
+    torchrun each process takes its own batches: an update holds world_size x accum_steps."""
+    accum_steps: int = 1
+    """Batches per update and process (gradient accumulation): K gives the same updates as
+    batches K times larger."""
+    precision: str = "fp32"
+    """``fp32``, ``bf16`` (autocast, no loss scaling needed) or ``fp16`` (autocast with a
+    dynamic loss scaler). Weights and optimizer state stay in fp32."""
     lr: float = 1.5e-3
     """Peak learning rate, reached after ``warmup_steps`` and then decayed as 1/sqrt(step)."""
     warmup_steps: int = 300
@@ -233,8 +240,11 @@ def validate_run_config(cfg: RunConfig) -> None:
             "log_every_steps",
             "save_every_steps",
             "max_nonfinite_updates",
+            "accum_steps",
         ],
     )
+    if t.precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
     if t.keep_last < 0:
         raise ValueError(f"train.keep_last={t.keep_last} must be 0 or more")
     if t.average_last > t.keep_last:

@@ -360,11 +360,23 @@ class ParallelData:
     ) -> Iterator[Batch]:
         """One pass over the data; batches are collated as they are consumed. ``skip`` passes
         over the first batches without collating them (resuming in the middle of an epoch)."""
-        groups = token_batches(self.src_lens, self.tgt_lens, batch_tokens, rng=rng)
-        for group in groups[skip:]:
-            yield collate(
-                [self.src_ids[i] for i in group], [self.tgt_ids[i] for i in group], self.tokenizer
-            )
+        for group in self.batch_groups(batch_tokens, rng)[skip:]:
+            yield self.collate(group)
+
+    def batch_groups(
+        self, batch_tokens: int, rng: np.random.Generator | None = None
+    ) -> list[np.ndarray]:
+        """The example indices of each batch of one pass (see :func:`token_batches`)."""
+        return token_batches(self.src_lens, self.tgt_lens, batch_tokens, rng=rng)
+
+    def collate(self, group: np.ndarray) -> Batch:
+        return collate(
+            [self.src_ids[i] for i in group], [self.tgt_ids[i] for i in group], self.tokenizer
+        )
+
+    def n_tgt_tokens(self, group: np.ndarray) -> int:
+        """Real target tokens (EOS included) of a batch, known without collating it."""
+        return int(self.tgt_lens[group].sum()) + len(group)
 
 
 # ----------------------------------------------------------------------------------------------

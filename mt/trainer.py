@@ -8,6 +8,11 @@ Resuming is exact on CPU: a checkpoint holds the model, optimizer and schedule, 
 the position in the epoch's batch order (which depends only on the seed and the epoch number)
 and the best-score bookkeeping, so a run that is killed and resumed, any number of times, ends
 with the same weights as one that never stopped.
+
+One update consumes ``world_size x accum_steps`` batches of the epoch's order (see
+:func:`mt.distributed.update_slices`): each rank forwards its own micro-batches and the loss is
+divided by the target tokens of all of them, so 2 ranks, 2 accumulation steps or one batch twice
+as large give the same update. Under torchrun only rank 0 logs, validates and writes files.
 """
 
 import json
@@ -17,7 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,6 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from mt import distributed
 from mt.attention_plot import cross_attention, plot
 from mt.checkpoint import (
     average_checkpoints,
@@ -98,35 +104,65 @@ class Trainer:
         self, cfg: RunConfig, run_dir: str | Path, *, logger: MetricLogger | None = None
     ) -> None:
         self.cfg = cfg
-        self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        set_seed(cfg.seed)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
         self.device = resolve_device(cfg.train.device)
+        self.dist = distributed.from_env(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+        # Every rank works in rank 0's run directory (Hydra's timestamped default may differ).
+        self.run_dir = Path(self.dist.gather(str(run_dir))[0])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        set_seed(cfg.seed)  # the same initial weights on every rank
         resume_from = self.resume_path()
         state = load_checkpoint(resume_from) if resume_from else None
         tokenizer = Tokenizer(state["tokenizer"]) if state else None
+        if not self.dist.is_main:
+            self.dist.barrier()  # rank 0 trains the tokenizer and fills the Arrow cache first
+            tokenizer = tokenizer or Tokenizer.load(self.run_dir / "spm.model")
         self.data: PreparedData = prepare_data(cfg.data, seed=cfg.seed, tokenizer=tokenizer)
         self.tokenizer = self.data.tokenizer
-        self.tokenizer.save(self.run_dir / "spm.model")
+        if self.dist.is_main:
+            self.tokenizer.save(self.run_dir / "spm.model")
+            self.dist.barrier()
         self.model = build_model(
             cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=self.tokenizer.pad_id
         ).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            cfg.train.precision
+        ]
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        self.scaler = (
+            torch.amp.GradScaler(self.device.type) if cfg.train.precision == "fp16" else None
+        )
         self.progress = Progress()
         self.nonfinite_in_a_row = 0
+        if self.dist.rank:
+            torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)  # own dropout masks
         if state:
             self.restore(state, source=str(resume_from))
-        self.logger = logger or MultiLogger(
-            # Events after the checkpoint's step were written after it was saved: drop them.
-            TensorBoardLogger(
-                self.run_dir / "tensorboard",
-                purge_step=self.progress.step + 1 if self.progress.step else None,
-            ),
-            ConsoleLogger(),
-        )
+        # DDP averages gradients over ranks during backward; ``self.model`` stays the bare
+        # module (validation, search, checkpoints).
+        self.train_model: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if logger is not None:
+            self.logger = logger
+        elif self.dist.is_main:
+            self.logger = MultiLogger(
+                # Events after the checkpoint's step were written after it was saved: drop them.
+                TensorBoardLogger(
+                    self.run_dir / "tensorboard",
+                    purge_step=self.progress.step + 1 if self.progress.step else None,
+                ),
+                ConsoleLogger(),
+            )
+        else:
+            self.logger = MultiLogger()  # only rank 0 logs
         stats = self.data.filter_stats
         if not state:
             self.logger.log_dict(
@@ -171,9 +207,22 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.progress = Progress(**state["progress"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if torch.cuda.is_available() and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        per_rank = rng.get("ranks") or [{"torch": rng["torch"], "cuda": rng.get("cuda")}]
+        if len(per_rank) != self.dist.world_size:
+            log.warning(
+                "%s was written by %d process(es), this run has %d: random streams (dropout) "
+                "restart, so the run will not be an exact continuation",
+                source,
+                len(per_rank),
+                self.dist.world_size,
+            )
+        mine = per_rank[min(self.dist.rank, len(per_rank) - 1)]
+        torch.set_rng_state(mine["torch"])
+        if self.device.type == "cuda" and mine.get("cuda") is not None:
+            torch.cuda.set_rng_state(mine["cuda"], self.device)
         log.info(
             "resumed from %s at step %d (epoch %d, batch %d)",
             source,
@@ -185,45 +234,89 @@ class Trainer:
     # -- one update ------------------------------------------------------------------------------
 
     def train_step(self, batch: Batch) -> torch.Tensor:
-        """Forward, backward, clip, update. Returns the (detached) summed NLL of the batch.
+        """One update on one batch (see :meth:`train_update`)."""
+        return self.train_update([batch], batch.n_tgt_tokens * self.dist.world_size)
 
-        An update whose loss or gradient norm is not finite is skipped (counted, and after
-        ``max_nonfinite_updates`` in a row training stops with TrainingDiverged).
+    def train_update(self, batches: list[Batch], global_tgt_tokens: int) -> torch.Tensor:
+        """Forward and backward each micro-batch, then clip and update once. Returns the
+        (detached) summed NLL of this rank's micro-batches.
+
+        ``global_tgt_tokens`` counts the target tokens of the whole update, all ranks and
+        micro-batches together: each micro-batch's loss *sum* is divided by it, so gradients add
+        up to the gradient of the mean loss over the update however it is split (DDP averages
+        over ranks, hence the factor ``world_size``). An update whose loss or gradient norm is
+        not finite is skipped (counted, and after ``max_nonfinite_updates`` in a row training
+        stops with TrainingDiverged).
         """
-        p = self.progress
-        self.model.train()
-        batch = batch.to(self.device)
-        logits = self.model(batch.src, batch.tgt_in)  # (B, T, V)
-        loss_sum, nll_sum, _ = label_smoothed_nll(
-            logits,
-            batch.tgt_out,
-            epsilon=self.cfg.train.label_smoothing,
-            pad_id=self.tokenizer.pad_id,
-        )
-        (loss_sum / batch.n_tgt_tokens).backward()
+        self.train_model.train()
+        scale = self.dist.world_size / global_tgt_tokens
+        loss_total = torch.zeros((), device=self.device)
+        nll_total = torch.zeros((), device=self.device)
+        for i, batch in enumerate(batches):
+            batch = batch.to(self.device)
+            last = i == len(batches) - 1
+            # Gradients are all-reduced once per update, with the last micro-batch's backward.
+            no_sync = self.train_model.no_sync() if self.dist.enabled and not last else None
+            with no_sync or nullcontext():
+                with self.autocast():
+                    logits = self.train_model(batch.src, batch.tgt_in)  # (B, T, V)
+                    loss_sum, nll_sum, _ = label_smoothed_nll(
+                        logits,
+                        batch.tgt_out,
+                        epsilon=self.cfg.train.label_smoothing,
+                        pad_id=self.tokenizer.pad_id,
+                    )
+                loss = loss_sum * scale
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            loss_total += loss_sum.detach()
+            nll_total += nll_sum.detach()
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), self.cfg.train.clip_norm
         )
-        p.batch_in_epoch += 1
-        if not bool(torch.isfinite(grad_norm + loss_sum)):  # the one host sync of a step
-            self.optimizer.zero_grad(set_to_none=True)
-            p.nonfinite_updates += 1
-            self.nonfinite_in_a_row += 1
-            log.warning("non-finite loss or gradient at step %d: update skipped", p.step + 1)
-            if self.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_updates:
-                raise TrainingDiverged(
-                    f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or "
-                    f"gradient (step {p.step}); {self.run_dir / 'last.pt'} holds the last good "
-                    "state. Lower train.lr or raise train.warmup_steps, then resume or restart."
-                )
+        # The gradient norm is the same on every rank (after the all-reduce), the loss is not:
+        # with several ranks only the former decides, so that all of them skip together.
+        check = grad_norm if self.dist.enabled else grad_norm + loss_total
+        if not bool(torch.isfinite(check)):  # the one host sync of an update
+            self.skip_update()
             return torch.zeros((), device=self.device)
         self.nonfinite_in_a_row = 0
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        p.step += 1
-        p.tgt_tokens += batch.n_tgt_tokens
-        return nll_sum.detach()
+        self.progress.step += 1
+        self.progress.tgt_tokens += global_tgt_tokens
+        return nll_total
+
+    def autocast(self):
+        """Mixed precision for the forward pass and the loss (``train.precision``)."""
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def skip_update(self) -> None:
+        p = self.progress
+        self.optimizer.zero_grad(set_to_none=True)
+        p.nonfinite_updates += 1
+        if self.scaler is not None:
+            # fp16 overflows are routine while the loss scale settles: the scaler lowers its
+            # scale; only overflows at a scale below 1 count towards divergence.
+            self.scaler.update()
+            if self.scaler.get_scale() >= 1.0:
+                return
+        self.nonfinite_in_a_row += 1
+        log.warning("non-finite loss or gradient at step %d: update skipped", p.step + 1)
+        if self.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_updates:
+            raise TrainingDiverged(
+                f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or "
+                f"gradient (step {p.step}); {self.run_dir / 'last.pt'} holds the last good "
+                "state. Lower train.lr or raise train.warmup_steps, then resume or restart."
+            )
 
     # -- validation -------------------------------------------------------------------------------
 
@@ -266,21 +359,31 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
 
-    def checkpoint_payload(self) -> dict:
+    def rng_state(self) -> dict:
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+
+    def checkpoint_payload(self, rng_states: list[dict]) -> dict:
         return {
             **model_payload(self.model, self.cfg, self.tokenizer),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "progress": asdict(self.progress),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            },
+            "rng": {**rng_states[0], "ranks": rng_states},  # every rank's, in rank order
         }
 
     def save(self, *, best: bool = False) -> None:
-        """Write ``last.pt`` (and ``best.pt``, and a numbered copy when ``keep_last`` > 0)."""
-        payload = self.checkpoint_payload()
+        """Write ``last.pt`` (and ``best.pt``, and a numbered copy when ``keep_last`` > 0).
+
+        Called on every rank at the same step: each contributes its RNG state, rank 0 writes.
+        """
+        rng_states = self.dist.gather(self.rng_state())
+        if not self.dist.is_main:
+            return
+        payload = self.checkpoint_payload(rng_states)
         save_checkpoint(self.run_dir / "last.pt", payload)
         if best:
             save_checkpoint(self.run_dir / "best.pt", payload)
@@ -290,6 +393,14 @@ class Trainer:
             numbered = sorted(self.run_dir.glob("step_*.pt"), key=lambda q: int(q.stem[5:]))
             for old in numbered[:-keep]:
                 old.unlink()
+
+    def validate_and_save(self) -> None:
+        """Rank 0 validates (the others wait in ``save``); then every rank takes part in
+        saving."""
+        if not self.dist.is_main:
+            self.save()
+            return
+        self.after_validation(self.validate())
 
     def after_validation(self, metrics: dict[str, float]) -> None:
         """Log, keep ``best.pt`` (highest val BLEU, or lowest loss without BLEU), save last."""
@@ -328,68 +439,83 @@ class Trainer:
         Raises TrainingInterrupted after saving when SIGINT/SIGTERM arrives.
         """
         with stop_on_signals() as interrupted:
-            self.train_loop(interrupted)
-        if interrupted.is_set():
+            stopped = self.train_loop(interrupted)
+        if stopped:
             raise TrainingInterrupted(
                 f"training stopped at step {self.progress.step} and saved "
                 f"{self.run_dir / 'last.pt'}; continue it with: python scripts/train.py "
                 f"<same options> train.resume=auto hydra.run.dir={self.run_dir}"
             )
+        if not self.dist.is_main:
+            return {}  # rank 0 alone translates the test split
         return self.finish()
 
-    def train_loop(self, interrupted: threading.Event) -> None:
-        t, p = self.cfg.train, self.progress
+    def train_loop(self, interrupted: threading.Event) -> bool:
+        """Update until a limit is reached; True when stopped by a signal (after saving)."""
+        t, p, world = self.cfg.train, self.progress, self.dist.world_size
         started = time.monotonic() - p.train_seconds
         if p.step and self.limit_reached(started):
-            return  # resumed after training had ended (e.g. a crash during the test pass)
+            return False  # resumed after training had ended (e.g. a crash during the test pass)
         bar = tqdm(
             total=t.max_steps,
             initial=p.step,
-            disable=not t.progress_bar,
+            disable=not (t.progress_bar and self.dist.is_main),
             unit="step",
             mininterval=2.0,
             dynamic_ncols=True,
         )
         window_nll = torch.zeros((), device=self.device)
-        window_tokens, window_start = 0, time.monotonic()
+        window_tokens, window_local_tokens, window_start = 0, 0, time.monotonic()
         validated_at = p.history[-1]["step"] if p.history else -1
+        train = self.data.train
         while t.max_epochs is None or p.epoch < t.max_epochs:
             # The batch order of an epoch depends on (seed, epoch) only: resumable mid-epoch.
-            rng = np.random.default_rng([self.cfg.seed, p.epoch])
-            for batch in self.data.train.batches(t.batch_tokens, rng, skip=p.batch_in_epoch):
+            groups = train.batch_groups(
+                t.batch_tokens, np.random.default_rng([self.cfg.seed, p.epoch])
+            )
+            for update in distributed.update_slices(
+                len(groups), world_size=world, accum_steps=t.accum_steps
+            ):
+                if update.start < p.batch_in_epoch:
+                    continue  # consumed before the checkpoint this run resumed from
+                mine = [train.collate(groups[i]) for i in update[self.dist.rank :: world]]
+                global_tokens = sum(train.n_tgt_tokens(groups[i]) for i in update)
                 step_before = p.step
-                window_nll += self.train_step(batch)
-                window_tokens += batch.n_tgt_tokens
+                window_nll += self.train_update(mine, global_tokens)
+                p.batch_in_epoch = update.stop
+                window_tokens += global_tokens
+                window_local_tokens += sum(b.n_tgt_tokens for b in mine)
                 if p.step == step_before:  # skipped (non-finite)
                     continue
                 bar.update(1)
                 if p.step % t.log_every_steps == 0:
                     now = time.monotonic()
-                    self.log_training(
-                        float(window_nll) / window_tokens, window_tokens / (now - window_start), bar
-                    )
+                    nll, tokens = self.dist.sum([float(window_nll), window_local_tokens])
+                    self.log_training(nll / tokens, window_tokens / (now - window_start), bar)
                     window_nll.zero_()
-                    window_tokens, window_start = 0, now
-                limit = self.limit_reached(started)
+                    window_tokens, window_local_tokens, window_start = 0, 0, now
+                # Every rank takes the same decisions: a limit or a signal on one stops all.
+                limit, stop = self.dist.any([self.limit_reached(started), interrupted.is_set()])
                 p.train_seconds = time.monotonic() - started
                 if p.step % t.val_every_steps == 0 or limit:
                     pause = time.monotonic()
-                    self.after_validation(self.validate())
+                    self.validate_and_save()
                     validated_at = p.step
                     paused = time.monotonic() - pause
                     window_start += paused  # speeds exclude validation
                     p.validation_seconds += paused
-                elif p.step % t.save_every_steps == 0 or interrupted.is_set():
+                elif p.step % t.save_every_steps == 0 or stop:
                     self.save()
-                if limit or interrupted.is_set():
+                if limit or stop:
                     bar.close()
-                    return
+                    return stop
             p.epoch += 1
             p.batch_in_epoch = 0
         bar.close()
         if validated_at != p.step:  # the epoch limit ended training between validations
             p.train_seconds = time.monotonic() - started
-            self.after_validation(self.validate())
+            self.validate_and_save()
+        return False
 
     def log_training(self, loss: float, speed: float, bar: tqdm) -> None:
         p = self.progress

@@ -5,6 +5,7 @@ Examples::
     python scripts/train.py                                  # Multi30k de->en, model=tiny
     python scripts/train.py model=base train.max_steps=100000
     python scripts/train.py data=folder data.dir=corpus data.src_lang=fr data.tgt_lang=en
+    torchrun --nproc_per_node=2 scripts/train.py hydra.run.dir=runs/ddp   # data parallel
 """
 
 import json
@@ -14,6 +15,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
+from torch.distributed.elastic.multiprocessing.errors import record
 
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs, validate_run_config
@@ -23,17 +25,25 @@ register_configs()
 log = logging.getLogger("mt")
 
 
+@record  # under torchrun: a failing rank's error is reported as the job's root cause
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         run = from_hydra(cfg)
         validate_run_config(run)
         run_dir = HydraConfig.get().runtime.output_dir
+        trainer = None
         try:
-            metrics = Trainer(run, run_dir).fit()
+            trainer = Trainer(run, run_dir)
+            metrics = trainer.fit()
         except TrainingInterrupted as stopped:
             print(f"interrupted: {stopped}", file=sys.stderr)
             sys.exit(130)
+        finally:
+            if trainer is not None:
+                trainer.dist.shutdown()
+    if not metrics:
+        return  # not rank 0: rank 0 reports
     test = metrics["test"]
     print(json.dumps({"run_dir": run_dir, "test": test, "train": metrics["train"]}, indent=2))
     print(

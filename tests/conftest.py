@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mt.config import DataConfig, DecodeConfig, ModelConfig, RunConfig, TrainConfig
 from mt.model import Transformer
 
 
@@ -70,3 +71,46 @@ def random_translator(tokenizer, *, n_decoder_layers: int = 1, **search):
         max_positions=40,
     )
     return Translator(model, tokenizer, **search)
+
+
+def small_run(tmp_path, model: dict | None = None, **train) -> RunConfig:
+    """A run on a small synthetic folder corpus (``xx`` -> ``yy``) with a very small model."""
+    corpus = tmp_path / "corpus"
+    for split, n in (("train", 200), ("val", 10), ("test", 10)):
+        if (corpus / f"{split}.yy").is_file():
+            continue  # already written (e.g. by the parent of spawned ranks)
+        write_corpus(
+            corpus,
+            split,
+            {"xx": synthetic_sentences(n, seed=1), "yy": synthetic_sentences(n, seed=2)},
+        )
+    return RunConfig(
+        data=DataConfig(
+            dir=str(corpus),
+            src_lang="xx",
+            tgt_lang="yy",
+            test_split="test",
+            vocab_size=300,
+            cache_dir=str(tmp_path / "cache"),
+        ),
+        model=ModelConfig(
+            **{
+                **dict(d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1),
+                **(model or {}),
+            }
+        ),
+        train=TrainConfig(
+            **{
+                **dict(
+                    batch_tokens=300,
+                    val_every_steps=4,
+                    log_every_steps=2,
+                    val_bleu=False,
+                    progress_bar=False,
+                    max_minutes=None,
+                ),
+                **train,
+            }
+        ),
+        decode=DecodeConfig(beam_size=1, max_len_b=3),
+    )

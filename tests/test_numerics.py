@@ -5,41 +5,9 @@ import torch
 
 import mt.trainer
 from mt.checkpoint import load_checkpoint
-from mt.config import DataConfig, DecodeConfig, ModelConfig, RunConfig, TrainConfig
 from mt.loggers import ListLogger
 from mt.trainer import Trainer, TrainingDiverged
-from tests.conftest import synthetic_sentences, write_corpus
-
-
-def small_run(tmp_path, **train) -> RunConfig:
-    corpus = tmp_path / "corpus"
-    for split, n in (("train", 200), ("val", 10), ("test", 10)):
-        write_corpus(
-            corpus,
-            split,
-            {"xx": synthetic_sentences(n, seed=1), "yy": synthetic_sentences(n, seed=2)},
-        )
-    return RunConfig(
-        data=DataConfig(
-            dir=str(corpus),
-            src_lang="xx",
-            tgt_lang="yy",
-            test_split="test",
-            vocab_size=300,
-            cache_dir=str(tmp_path / "cache"),
-        ),
-        model=ModelConfig(d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1),
-        train=TrainConfig(
-            batch_tokens=300,
-            val_every_steps=4,
-            log_every_steps=2,
-            val_bleu=False,
-            progress_bar=False,
-            max_minutes=None,
-            **train,
-        ),
-        decode=DecodeConfig(beam_size=1, max_len_b=3),
-    )
+from tests.conftest import small_run
 
 
 def poison(monkeypatch, bad_calls: set[int]):
