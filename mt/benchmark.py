@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from mt.checkpoint import LoadedModel, load_model
 from mt.config import BenchmarkConfig, BenchmarkRunConfig, RunConfig
 from mt.data import Batch, load_split, prepare_data
+from mt.data_benchmark import benchmark_data_pipeline
 from mt.loss import label_smoothed_nll
 from mt.masks import causal_mask
 from mt.metrics import score
@@ -238,7 +239,12 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
         "batch_tokens": cfg.train.batch_tokens,
     }
     tokenizer = loaded.tokenizer if loaded else None
-    result["train"] = benchmark_training(cfg, cfg.bench, tokenizer, device)
+    if cfg.bench.data_lines > 0:  # first: its memory readings start from a small process
+        result["data_pipeline"] = benchmark_data_pipeline(
+            cfg.data, cfg.bench.data_lines, batch_tokens=cfg.train.batch_tokens
+        )
+    if cfg.bench.train:
+        result["train"] = benchmark_training(cfg, cfg.bench, tokenizer, device)
     if loaded:
         result["decode"] = benchmark_decoding(loaded, cfg, device)
     else:
@@ -251,7 +257,8 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
 
 def format_table(result: dict) -> str:
     rows = [("machine", result["machine"])]
-    rows += [(f"train.{k}", v) for k, v in result["train"].items()]
+    for section in ("data_pipeline", "train"):
+        rows += [(f"{section}.{k}", v) for k, v in result.get(section, {}).items()]
     if isinstance(result["decode"], dict):
         for name, values in result["decode"].items():
             rows += [(f"decode.{name}.{k}", v) for k, v in values.items()]

@@ -46,6 +46,13 @@ class DataConfig:
     """Training pairs whose token-length ratio exceeds this (both sides > 5 tokens) are dropped."""
     cache_dir: str | None = None
     """Arrow cache of ``datasets`` (None: the library's default, ~/.cache/huggingface)."""
+    streaming: bool = False
+    """Read the training split as a stream, a window at a time (corpora larger than memory;
+    see mt/streaming.py). Validation and test splits are always loaded whole."""
+    window_pairs: int = 200_000
+    """Streaming: raw pairs per window, the unit of length bucketing and shuffling."""
+    num_proc: int = 1
+    """Processes that tokenise (``datasets.map`` workers, or the streaming worker pool)."""
     invalid_utf8: str = "error"
     """``error``: stop at the first line that is not UTF-8, naming file and line;
     ``replace``: replace such bytes with U+FFFD and count the lines."""
@@ -203,6 +210,11 @@ class BenchmarkConfig:
     rounds: int = 4
     probe_size: int = 2048
     """Side of the square matrices of the matrix-multiply peak probe."""
+    train: bool = True
+    """Measure training (false: only decoding and/or the data pipeline)."""
+    data_lines: int = 0
+    """When > 0: stream a generated corpus of this many lines through the data pipeline and
+    report lines/s and memory per window (``data_pipeline`` in the JSON)."""
 
 
 @dataclass
@@ -261,7 +273,9 @@ def validate_run_config(cfg: RunConfig) -> None:
     if t.lr <= 0 or t.warmup_steps < 0:
         raise ValueError(f"train.lr={t.lr} must be > 0 and train.warmup_steps >= 0")
     _probability("train.label_smoothing", t.label_smoothing)
-    _positive("data", d, ["vocab_size", "max_tokens", "spm_max_sentences"])
+    _positive(
+        "data", d, ["vocab_size", "max_tokens", "spm_max_sentences", "window_pairs", "num_proc"]
+    )
     if d.invalid_utf8 not in ("error", "replace"):
         raise ValueError(f"data.invalid_utf8={d.invalid_utf8!r} must be 'error' or 'replace'")
     if d.src_lang == d.tgt_lang:

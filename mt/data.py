@@ -215,9 +215,15 @@ def _encode_batch(batch: dict, model_proto: bytes) -> dict:
     return {"src_ids": tokenizer.encode(batch["src"]), "tgt_ids": tokenizer.encode(batch["tgt"])}
 
 
-def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer) -> datasets.Dataset:
-    """Add ``src_ids`` / ``tgt_ids`` (cached by the dataset and tokenizer fingerprints)."""
-    return ds.map(_encode_batch, batched=True, fn_kwargs={"model_proto": tokenizer.model_proto})
+def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, num_proc: int = 1) -> datasets.Dataset:
+    """Add ``src_ids`` / ``tgt_ids`` (cached by the dataset and tokenizer fingerprints), in
+    ``num_proc`` processes."""
+    return ds.map(
+        _encode_batch,
+        batched=True,
+        fn_kwargs={"model_proto": tokenizer.model_proto},
+        num_proc=num_proc if num_proc > 1 and len(ds) >= 10 * num_proc else None,
+    )
 
 
 @dataclass
@@ -232,8 +238,24 @@ def filter_training_pairs(
     ds: datasets.Dataset, *, max_tokens: int, max_len_ratio: float
 ) -> tuple[datasets.Dataset, FilterStats]:
     """Drop empty pairs, pairs over ``max_tokens`` and pairs with an extreme length ratio."""
-    src_lens = np.array([len(x) for x in ds["src_ids"]])
-    tgt_lens = np.array([len(x) for x in ds["tgt_ids"]])
+    keep, stats = filter_lengths(
+        [len(x) for x in ds["src_ids"]],
+        [len(x) for x in ds["tgt_ids"]],
+        max_tokens=max_tokens,
+        max_len_ratio=max_len_ratio,
+    )
+    if stats.kept == 0:
+        raise ValueError("no training pairs are left after dropping empty and too long pairs")
+    if stats.kept == len(ds):
+        return ds, stats
+    return ds.select(keep), stats
+
+
+def filter_lengths(
+    src_lengths: list[int], tgt_lengths: list[int], *, max_tokens: int, max_len_ratio: float
+) -> tuple[np.ndarray, FilterStats]:
+    """Indices of the pairs to keep, and what was dropped for which reason."""
+    src_lens, tgt_lens = np.array(src_lengths, dtype=np.int64), np.array(tgt_lengths, np.int64)
     empty = (src_lens == 0) | (tgt_lens == 0)
     too_long = ~empty & ((src_lens > max_tokens) | (tgt_lens > max_tokens))
     longer = np.maximum(src_lens, tgt_lens)
@@ -243,11 +265,7 @@ def filter_training_pairs(
     stats = FilterStats(
         int(keep.sum()), int(empty.sum()), int(too_long.sum()), int(bad_ratio.sum())
     )
-    if stats.kept == 0:
-        raise ValueError("no training pairs are left after dropping empty and too long pairs")
-    if keep.all():
-        return ds, stats
-    return ds.select(np.flatnonzero(keep)), stats
+    return np.flatnonzero(keep), stats
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,6 +373,11 @@ class ParallelData:
     def __len__(self) -> int:
         return len(self.src_ids)
 
+    def windows(self, *, skip: int = 0) -> Iterator["ParallelData"]:
+        """An epoch as windows (see mt/streaming.py): in memory, the whole split is one."""
+        if skip == 0:
+            yield self
+
     def batches(
         self, batch_tokens: int, rng: np.random.Generator | None = None, *, skip: int = 0
     ) -> Iterator[Batch]:
@@ -396,14 +419,14 @@ class EvalSet:
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
-    train: ParallelData
+    train: ParallelData  # or StreamingTrainData (data.streaming): both serve ``windows()``
     val: EvalSet
     test: EvalSet
     filter_stats: FilterStats
 
 
 def load_eval_set(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> EvalSet:
-    ds = tokenize(load_split(cfg, split), tokenizer)
+    ds = tokenize(load_split(cfg, split), tokenizer, cfg.num_proc)
     return EvalSet(split, ds["src"], ds["tgt"], ParallelData.from_dataset(ds, tokenizer))
 
 
@@ -416,13 +439,17 @@ def prepare_data(
     The validation and test splits are loaded up front, so a missing file fails before
     training rather than after it.
     """
-    train = load_split(cfg, cfg.train_split)
-    if cfg.max_train_pairs is not None and cfg.max_train_pairs < len(train):
-        train = train.select(range(cfg.max_train_pairs))
     # Validate the held-out files exist before the (slower) tokenizer training.
     for split in (cfg.val_split, cfg.test_split):
         if not cfg.hub_name:
             ensure_split_files(cfg, split)
+    if cfg.streaming:
+        from mt.streaming import prepare_streaming  # it builds on this module
+
+        return prepare_streaming(cfg, seed=seed, tokenizer=tokenizer)
+    train = load_split(cfg, cfg.train_split)
+    if cfg.max_train_pairs is not None and cfg.max_train_pairs < len(train):
+        train = train.select(range(cfg.max_train_pairs))
     texts = (text for column in ("src", "tgt") for text in train[column])
     tokenizer = tokenizer or Tokenizer.train(
         texts,
@@ -432,8 +459,21 @@ def prepare_data(
         seed=seed,
     )
     train_ids, stats = filter_training_pairs(
-        tokenize(train, tokenizer), max_tokens=cfg.max_tokens, max_len_ratio=cfg.max_len_ratio
+        tokenize(train, tokenizer, cfg.num_proc),
+        max_tokens=cfg.max_tokens,
+        max_len_ratio=cfg.max_len_ratio,
     )
+    log_filter_stats(stats, cfg)
+    return PreparedData(
+        tokenizer=tokenizer,
+        train=ParallelData.from_dataset(train_ids, tokenizer),
+        val=load_eval_set(cfg, cfg.val_split, tokenizer),
+        test=load_eval_set(cfg, cfg.test_split, tokenizer),
+        filter_stats=stats,
+    )
+
+
+def log_filter_stats(stats: FilterStats, cfg: DataConfig) -> None:
     log.info(
         "training pairs: %d kept, %d empty, %d longer than %d tokens, %d with length ratio > %g",
         stats.kept,
@@ -442,11 +482,4 @@ def prepare_data(
         cfg.max_tokens,
         stats.bad_ratio,
         cfg.max_len_ratio,
-    )
-    return PreparedData(
-        tokenizer=tokenizer,
-        train=ParallelData.from_dataset(train_ids, tokenizer),
-        val=load_eval_set(cfg, cfg.val_split, tokenizer),
-        test=load_eval_set(cfg, cfg.test_split, tokenizer),
-        filter_stats=stats,
     )

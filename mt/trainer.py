@@ -40,7 +40,7 @@ from mt.checkpoint import (
     save_checkpoint,
 )
 from mt.config import RunConfig
-from mt.data import Batch, EvalSet, PreparedData, prepare_data
+from mt.data import Batch, EvalSet, ParallelData, PreparedData, prepare_data
 from mt.loggers import ConsoleLogger, MetricLogger, MultiLogger, TensorBoardLogger
 from mt.loss import label_smoothed_nll
 from mt.metrics import score
@@ -67,7 +67,8 @@ class Progress:
 
     step: int = 0  # optimizer updates
     epoch: int = 0  # completed epochs
-    batch_in_epoch: int = 0  # batches consumed in the current epoch
+    window_in_epoch: int = 0  # windows completed in the current epoch (data.streaming)
+    batch_in_epoch: int = 0  # batches consumed in the current epoch's (or window's) order
     best_score: float = -math.inf
     best_step: int = 0
     train_seconds: float = 0.0  # wall clock of the loop, validation included
@@ -75,6 +76,20 @@ class Progress:
     tgt_tokens: int = 0
     nonfinite_updates: int = 0  # skipped updates, in total
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Meter:
+    """Training loss and speed since the last log line."""
+
+    nll: torch.Tensor  # summed on the device: read back only when logging
+    tokens: int = 0  # target tokens of all ranks
+    local_tokens: int = 0  # this rank's
+    start: float = field(default_factory=time.monotonic)
+
+    def reset(self, now: float) -> None:
+        self.nll.zero_()
+        self.tokens, self.local_tokens, self.start = 0, 0, now
 
 
 @contextmanager
@@ -163,24 +178,28 @@ class Trainer:
             )
         else:
             self.logger = MultiLogger()  # only rank 0 logs
-        stats = self.data.filter_stats
-        if not state:
-            self.logger.log_dict(
-                {
-                    "data/train_pairs_kept": stats.kept,
-                    "data/dropped_empty": stats.empty,
-                    "data/dropped_too_long": stats.too_long,
-                    "data/dropped_length_ratio": stats.bad_ratio,
-                },
-                self.progress.step,
-            )
+        if not state and not cfg.data.streaming:
+            self.log_filter_stats()
         log.info(
-            "model: %s, %.1fM parameters, vocabulary %d, device %s; %d training pairs",
+            "model: %s, %.1fM parameters, vocabulary %d, device %s; %s training pairs",
             cfg.model.name,
             count_parameters(self.model) / 1e6,
             self.tokenizer.vocab_size,
             self.device,
-            len(self.data.train),
+            "streamed" if cfg.data.streaming else len(self.data.train),
+        )
+
+    def log_filter_stats(self) -> None:
+        """Kept / dropped training pairs (for a streamed corpus: of the epoch just read)."""
+        stats = self.data.filter_stats
+        self.logger.log_dict(
+            {
+                "data/train_pairs_kept": stats.kept,
+                "data/dropped_empty": stats.empty,
+                "data/dropped_too_long": stats.too_long,
+                "data/dropped_length_ratio": stats.bad_ratio,
+            },
+            self.progress.step,
         )
 
     # -- resuming --------------------------------------------------------------------------------
@@ -452,11 +471,12 @@ class Trainer:
 
     def train_loop(self, interrupted: threading.Event) -> bool:
         """Update until a limit is reached; True when stopped by a signal (after saving)."""
-        t, p, world = self.cfg.train, self.progress, self.dist.world_size
-        started = time.monotonic() - p.train_seconds
-        if p.step and self.limit_reached(started):
+        t, p = self.cfg.train, self.progress
+        self.interrupted = interrupted
+        self.started = time.monotonic() - p.train_seconds
+        if p.step and self.limit_reached(self.started):
             return False  # resumed after training had ended (e.g. a crash during the test pass)
-        bar = tqdm(
+        self.bar = tqdm(
             total=t.max_steps,
             initial=p.step,
             disable=not (t.progress_bar and self.dist.is_main),
@@ -464,60 +484,72 @@ class Trainer:
             mininterval=2.0,
             dynamic_ncols=True,
         )
-        window_nll = torch.zeros((), device=self.device)
-        window_tokens, window_local_tokens, window_start = 0, 0, time.monotonic()
-        validated_at = p.history[-1]["step"] if p.history else -1
-        train = self.data.train
-        while t.max_epochs is None or p.epoch < t.max_epochs:
-            # The batch order of an epoch depends on (seed, epoch) only: resumable mid-epoch.
-            groups = train.batch_groups(
-                t.batch_tokens, np.random.default_rng([self.cfg.seed, p.epoch])
-            )
-            for update in distributed.update_slices(
-                len(groups), world_size=world, accum_steps=t.accum_steps
-            ):
-                if update.start < p.batch_in_epoch:
-                    continue  # consumed before the checkpoint this run resumed from
-                mine = [train.collate(groups[i]) for i in update[self.dist.rank :: world]]
-                global_tokens = sum(train.n_tgt_tokens(groups[i]) for i in update)
-                step_before = p.step
-                window_nll += self.train_update(mine, global_tokens)
-                p.batch_in_epoch = update.stop
-                window_tokens += global_tokens
-                window_local_tokens += sum(b.n_tgt_tokens for b in mine)
-                if p.step == step_before:  # skipped (non-finite)
-                    continue
-                bar.update(1)
-                if p.step % t.log_every_steps == 0:
-                    now = time.monotonic()
-                    nll, tokens = self.dist.sum([float(window_nll), window_local_tokens])
-                    self.log_training(nll / tokens, window_tokens / (now - window_start), bar)
-                    window_nll.zero_()
-                    window_tokens, window_local_tokens, window_start = 0, 0, now
-                # Every rank takes the same decisions: a limit or a signal on one stops all.
-                limit, stop = self.dist.any([self.limit_reached(started), interrupted.is_set()])
-                p.train_seconds = time.monotonic() - started
-                if p.step % t.val_every_steps == 0 or limit:
-                    pause = time.monotonic()
-                    self.validate_and_save()
-                    validated_at = p.step
-                    paused = time.monotonic() - pause
-                    window_start += paused  # speeds exclude validation
-                    p.validation_seconds += paused
-                elif p.step % t.save_every_steps == 0 or stop:
-                    self.save()
-                if limit or stop:
-                    bar.close()
-                    return stop
-            p.epoch += 1
-            p.batch_in_epoch = 0
-        bar.close()
-        if validated_at != p.step:  # the epoch limit ended training between validations
-            p.train_seconds = time.monotonic() - started
+        self.meter = Meter(torch.zeros((), device=self.device))
+        self.validated_at = p.history[-1]["step"] if p.history else -1
+        try:
+            while t.max_epochs is None or p.epoch < t.max_epochs:
+                for window in self.data.train.windows(skip=p.window_in_epoch):
+                    # The batch order depends on (seed, epoch, window) only: resumable.
+                    rng = np.random.default_rng([self.cfg.seed, p.epoch, p.window_in_epoch])
+                    ended = self.train_window(window, window.batch_groups(t.batch_tokens, rng))
+                    if ended is not None:
+                        return ended
+                    p.window_in_epoch += 1
+                    p.batch_in_epoch = 0
+                if self.cfg.data.streaming:
+                    self.log_filter_stats()
+                p.epoch += 1
+                p.window_in_epoch = 0
+        finally:
+            self.bar.close()
+        if self.validated_at != p.step:  # the epoch limit ended training between validations
+            p.train_seconds = time.monotonic() - self.started
             self.validate_and_save()
         return False
 
-    def log_training(self, loss: float, speed: float, bar: tqdm) -> None:
+    def train_window(self, data: ParallelData, groups: list[np.ndarray]) -> bool | None:
+        """The updates over one window's batches (the whole epoch, unless streaming). Returns
+        None to go on, else whether training was stopped by a signal."""
+        t, p, m, world = self.cfg.train, self.progress, self.meter, self.dist.world_size
+        for update in distributed.update_slices(
+            len(groups), world_size=world, accum_steps=t.accum_steps
+        ):
+            if update.start < p.batch_in_epoch:
+                continue  # consumed before the checkpoint this run resumed from
+            mine = [data.collate(groups[i]) for i in update[self.dist.rank :: world]]
+            global_tokens = sum(data.n_tgt_tokens(groups[i]) for i in update)
+            step_before = p.step
+            m.nll += self.train_update(mine, global_tokens)
+            p.batch_in_epoch = update.stop
+            m.tokens += global_tokens
+            m.local_tokens += sum(b.n_tgt_tokens for b in mine)
+            if p.step == step_before:  # skipped (non-finite)
+                continue
+            self.bar.update(1)
+            if p.step % t.log_every_steps == 0:
+                now = time.monotonic()
+                nll, tokens = self.dist.sum([float(m.nll), m.local_tokens])
+                self.log_training(nll / tokens, m.tokens / (now - m.start))
+                m.reset(now)
+            # Every rank takes the same decisions: a limit or a signal on one stops all.
+            limit, stop = self.dist.any(
+                [self.limit_reached(self.started), self.interrupted.is_set()]
+            )
+            p.train_seconds = time.monotonic() - self.started
+            if p.step % t.val_every_steps == 0 or limit:
+                pause = time.monotonic()
+                self.validate_and_save()
+                self.validated_at = p.step
+                paused = time.monotonic() - pause
+                m.start += paused  # speeds exclude validation
+                p.validation_seconds += paused
+            elif p.step % t.save_every_steps == 0 or stop:
+                self.save()
+            if limit or stop:
+                return stop
+        return None
+
+    def log_training(self, loss: float, speed: float) -> None:
         p = self.progress
         self.logger.log_dict(
             {
@@ -530,7 +562,7 @@ class Trainer:
             },
             p.step,
         )
-        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", epoch=p.epoch + 1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", epoch=p.epoch + 1)
 
     def choose_final_checkpoint(self) -> tuple[Path, dict | None]:
         """``best.pt``, or ``averaged.pt`` if averaging the last N scores higher on validation;
@@ -558,7 +590,7 @@ class Trainer:
         """Translate the test split with the best checkpoint (or the average of the last ones,
         when ``train.average_last`` is set and it scores higher on validation); write
         metrics.json."""
-        p = self.progress
+        p, stats = self.progress, self.data.filter_stats
         chosen, averaged = self.choose_final_checkpoint()
         load_weights(self.model, load_checkpoint(chosen)["model"], source=str(chosen))
         dec = self.cfg.decode
@@ -588,7 +620,7 @@ class Trainer:
                 "parameters": count_parameters(self.model),
                 "device": str(self.device),
             },
-            "data": {"train_pairs": len(self.data.train), "filtered": vars(self.data.filter_stats)},
+            "data": {"train_pairs": stats.kept, "filtered": vars(stats)},
             "validation_history": p.history,
         }
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

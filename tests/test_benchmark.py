@@ -47,6 +47,8 @@ def test_benchmark_writes_json(tmp_path):
             "bench.train_steps=1",
             "bench.rounds=2",
             "bench.probe_size=64",
+            "bench.data_lines=2000",
+            "data.window_pairs=500",
             f"hydra.run.dir={out}",
         ],
         cwd=ROOT,
@@ -79,3 +81,6 @@ def test_benchmark_writes_json(tmp_path):
         }
     assert data["model"]["d_model"] == 16  # the checkpoint's architecture was measured
     assert "train.tgt_tokens_per_s" in result.stdout
+    pipeline = data["data_pipeline"]
+    assert pipeline["lines"] == 2000 and pipeline["windows"] == 4
+    assert pipeline["lines_per_s"] > 0 and pipeline["rss_mb_max"] > 0
