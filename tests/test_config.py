@@ -121,3 +121,19 @@ def test_hydra_stays_out_of_the_library():
                 names = [node.module or ""]
             for name in names:
                 assert not name.startswith(("hydra", "omegaconf")), f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize(
+    "recipe,model,src,tgt",
+    [
+        ("wmt14_en_de_base", "base", "en", "de"),
+        ("wmt14_en_de_big", "big", "en", "de"),
+        ("iwslt14_de_en", "small", "de", "en"),
+    ],
+)
+def test_recipes_compose_and_validate(recipe, model, src, tgt):
+    cfg = compose_run(f"experiment={recipe}")
+    validate_run_config(cfg)
+    assert (cfg.model.name, cfg.data.src_lang, cfg.data.tgt_lang) == (model, src, tgt)
+    assert cfg.data.hub_name and cfg.train.warmup_steps == 4000
+    assert cfg.train.average_last >= 5 and cfg.train.precision == "bf16"
