@@ -294,25 +294,38 @@ def token_batches(
     batch_tokens: int,
     *,
     rng: np.random.Generator | None = None,
+    max_padding: float = 0.05,
 ) -> list[np.ndarray]:
     """Group example indices into batches of similar lengths under a token budget.
 
-    Lengths include the EOS/BOS each side gets. Examples are sorted by (target, source) length,
-    with a random tie-break when ``rng`` is given, so padding is small; a batch grows while
-    ``n_sentences * longest side`` stays within ``batch_tokens`` (OpenNMT-py's "tokens" batch
-    type). With ``rng`` the batch order is shuffled too.
+    Lengths include the EOS/BOS each side gets. A batch grows while ``n_sentences * longest
+    side`` stays within ``batch_tokens`` (OpenNMT-py's "tokens" batch type). To keep padding
+    small on *both* sides, examples are sorted by target length and, within one target length,
+    by source length in alternating directions (up for even target lengths, down for odd ones),
+    so that neighbours across a target-length boundary have similar source lengths too; and a
+    batch that is at least half full closes early when one more sentence would make more than
+    ``max_padding`` of its positions padding. A random tie-break (``rng``) varies the batches
+    from epoch to epoch; with ``rng`` the batch order is shuffled too.
     """
     n = len(src_lens)
+    src_lens, tgt_lens = np.asarray(src_lens) + 1, np.asarray(tgt_lens) + 1
     tie = rng.permutation(n) if rng is not None else np.arange(n)
-    order = np.lexsort((tie, src_lens, tgt_lens))  # last key is the primary one
-    longest = np.maximum(src_lens, tgt_lens)[order] + 1
-    batches, start, width = [], 0, 0
-    for i in range(n):
-        w = max(width, int(longest[i]))
-        if i > start and w * (i - start + 1) > batch_tokens:
+    snake = np.where(tgt_lens % 2 == 0, src_lens, -src_lens)
+    order = np.lexsort((tie, snake, tgt_lens))  # last key is the primary one
+    batches, start = [], 0
+    width_src = width_tgt = real = 0
+    for i, j in enumerate(order.tolist()):
+        s, t = int(src_lens[j]), int(tgt_lens[j])
+        ws, wt, r = max(width_src, s), max(width_tgt, t), real + s + t
+        size = i - start + 1
+        padded = size * max(ws, wt)
+        if i > start and (
+            padded > batch_tokens
+            or (2 * padded > batch_tokens and r < (1 - max_padding) * size * (ws + wt))
+        ):
             batches.append(order[start:i])
-            start, w = i, int(longest[i])
-        width = w
+            start, ws, wt, r = i, s, t, s + t
+        width_src, width_tgt, real = ws, wt, r
     if n:
         batches.append(order[start:])
     if rng is not None:

@@ -91,6 +91,19 @@ def test_token_batches_respect_budget_and_cover_everything():
     assert (tgt_lens + 1).sum() / padded > 0.9  # similar lengths: little padding
 
 
+def test_token_batches_keep_padding_low_on_both_sides():
+    """Parallel-corpus-like lengths (target close to source): under 5% padding overall."""
+    rng = np.random.default_rng(0)
+    src_lens = rng.integers(4, 40, size=20_000)
+    tgt_lens = np.clip(src_lens + rng.integers(-4, 5, size=20_000), 1, None)
+    batches = token_batches(src_lens, tgt_lens, 4096, rng=np.random.default_rng(1))
+    real = (src_lens + 1).sum() + (tgt_lens + 1).sum()
+    padded = sum(len(b) * (src_lens[b].max() + tgt_lens[b].max() + 2) for b in batches)
+    assert 1 - real / padded < 0.05
+    tgt_per_batch = (tgt_lens + 1).sum() / len(batches)
+    assert tgt_per_batch > 0.6 * 4096  # batches still fill most of the budget
+
+
 def test_collate_shapes_and_special_tokens(tokenizer):
     batch = collate([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], tokenizer)
     eos, bos, pad = tokenizer.eos_id, tokenizer.bos_id, tokenizer.pad_id
