@@ -71,29 +71,31 @@ def greedy_search(
     max_len_b: int = 10,
 ) -> list[list[int]]:
     """The most probable next token at each step. src (B, S) -> B lists of output ids."""
-    batch_size = src.size(0)
+    batch_size, device = src.size(0), src.device
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
+    longest = int(max_lens.max())
     state = _start(model, src, ids)
-    outputs: list[list[int]] = [[] for _ in range(batch_size)]
-    active = torch.arange(batch_size, device=src.device)  # original index of each row
-    tokens = torch.full((batch_size,), ids.bos, dtype=torch.long, device=src.device)
-    for step in range(1, int(max_lens.max()) + 1):
+    out = torch.full((batch_size, longest), ids.pad, dtype=torch.long, device=device)  # (B, L)
+    lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) without EOS
+    active = torch.arange(batch_size, device=device)  # (b,) original index of each row
+    tokens = torch.full((batch_size,), ids.bos, dtype=torch.long, device=device)
+    for step in range(1, longest + 1):
         logits = model.decode_step(tokens, state)  # (b, V)
         logits[:, ids.pad] = -torch.inf
         logits[:, ids.bos] = -torch.inf
         tokens = logits.argmax(dim=-1)  # (b,)
         at_limit = max_lens[active] <= step  # the limit counts EOS: EOS is forced here
         done = (tokens == ids.eos) | at_limit
-        for row, token, end in zip(active.tolist(), tokens.tolist(), done.tolist()):
-            if not end:
-                outputs[row].append(token)
+        out[active, step - 1] = tokens
+        lengths[active[done]] = step - 1
         if bool(done.all()):
             break
         if bool(done.any()):
             keep = (~done).nonzero().squeeze(1)
             active, tokens = active[keep], tokens[keep]
             state.index_select(keep)
-    return outputs
+    rows, n = out.tolist(), lengths.tolist()  # one transfer at the end
+    return [row[:length] for row, length in zip(rows, n)]
 
 
 @torch.inference_mode()
@@ -122,6 +124,7 @@ def beam_search(
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
     state = _start(model, src, ids, repeat=k)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+    n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) at most K
     active = torch.arange(batch_size, device=device)  # (b,) original sentence of each group
     prefixes = torch.full((batch_size * k, 1), ids.bos, dtype=torch.long, device=device)
     scores = torch.full((batch_size, k), -torch.inf, device=device)
@@ -149,8 +152,10 @@ def beam_search(
             rows = (torch.arange(b, device=device)[:, None] * k + top_beams[:, :k])[finishing]
             normalised = top_scores[:, :k][finishing] / (step**length_penalty)
             groups = finishing.nonzero()[:, 0]
-            for group, row, value in zip(groups.tolist(), rows.tolist(), normalised.tolist()):
-                sentence = int(active[group])
+            sentences = active[groups]
+            n_finished.index_add_(0, sentences, torch.ones_like(sentences))
+            n_finished.clamp_(max=k)
+            for sentence, row, value in zip(sentences.tolist(), rows.tolist(), normalised.tolist()):
                 if len(finished[sentence]) < k:
                     tokens = prefixes[row, 1:].tolist()
                     finished[sentence].append(Hypothesis(tokens, value))
@@ -165,8 +170,7 @@ def beam_search(
         state.index_select(parent, memory=False)
 
         # 3. Drop sentences that are done.
-        done = torch.tensor([len(finished[s]) >= k for s in active.tolist()], device=device)
-        done |= max_lens[active] <= step
+        done = (n_finished[active] >= k) | (max_lens[active] <= step)  # (b,)
         if bool(done.all()):
             break
         if bool(done.any()):
