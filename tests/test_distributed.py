@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,31 @@ def _worker(rank: int, world: int, port: int, tmp: str, run_dir: str, train: dic
     if rank == 0:
         losses = [m["train/loss"] for _, m in logger.records if "train/loss" in m]
         Path(out).write_text(json.dumps(losses))
+
+
+def _failing_worker(rank: int, world: int, port: int, tmp: str, run_dir: str):
+    """Rank 1 dies on its third update; rank 0 must not wait for it forever."""
+    if rank == 1:
+        real = Trainer.train_update
+        calls = {"n": 0}
+
+        def update(self, batches, tokens):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("rank 1 ran out of memory (simulated)")
+            return real(self, batches, tokens)
+
+        Trainer.train_update = update
+    _worker(rank, world, port, tmp, run_dir, {"max_steps": 50}, str(Path(tmp) / "unused.json"))
+
+
+def test_a_failing_rank_ends_the_job_instead_of_hanging(tmp_path, monkeypatch):
+    monkeypatch.setenv("MT_DIST_TIMEOUT_S", "60")
+    args = (2, free_port(), str(tmp_path), str(tmp_path / "run"))
+    start = time.monotonic()
+    with pytest.raises(mp.ProcessRaisedException, match="rank 1 ran out of memory"):
+        mp.spawn(_failing_worker, args=args, nprocs=2, join=True)
+    assert time.monotonic() - start < 120
 
 
 def run_ranks(world: int, tmp_path: Path, run_dir: Path, **train) -> list[float]:
