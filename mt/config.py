@@ -183,6 +183,20 @@ class EvaluateConfig:
 
 
 @dataclass
+class TuneDecodingConfig:
+    """``scripts/tune_decoding.py``: choose beam size and length penalty on a held-out split."""
+
+    checkpoint: str = "???"
+    split: str = "val"
+    """Tune on validation data; the test split is for the final report only."""
+    beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5, 8])
+    length_penalties: list[float] = field(default_factory=lambda: [0.6, 1.0, 1.4])
+    batch_tokens: int = 6000
+    device: str = "auto"
+    data: DataOverrides = field(default_factory=DataOverrides)
+
+
+@dataclass
 class TranslateConfig:
     """``scripts/translate.py``: translate lines typed at a prompt or piped through stdin."""
 
@@ -345,4 +359,5 @@ def register_configs() -> None:
     cs.store(name="run_schema", node=RunConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(name="translate_schema", node=TranslateConfig)
+    cs.store(name="tune_decoding_schema", node=TuneDecodingConfig)
     cs.store(name="benchmark_schema", node=BenchmarkRunConfig)

@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from mt.checkpoint import load_model
-from mt.config import DataConfig, EvaluateConfig, validate_decode
+from mt.config import DataConfig, EvaluateConfig, TuneDecodingConfig, validate_decode
 from mt.data import load_split
 from mt.metrics import score
 from mt.runtime import resolve_device
@@ -65,4 +65,51 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
         "decode_seconds": round(seconds, 2),
     }
     (out_dir / "scores.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
+    """BLEU of every (beam size, length penalty) on ``cfg.split``; the best one, and the table.
+
+    Greedy search (beam 1) ignores the length penalty, so it is run once.
+    """
+    for beam in cfg.beam_sizes:
+        validate_decode(beam)
+    loaded = load_model(cfg.checkpoint, resolve_device(cfg.device))
+    data = apply_overrides(loaded.config.data, cfg.data)
+    split = resolve_split(data, cfg.split)
+    if split == data.test_split:
+        log.warning("tuning on the test split: its scores are then no longer an unbiased report")
+    ds = load_split(data, split)
+    rows = []
+    for beam in cfg.beam_sizes:
+        for lp in cfg.length_penalties if beam > 1 else cfg.length_penalties[:1]:
+            translator = Translator(
+                loaded.model,
+                loaded.tokenizer,
+                beam_size=beam,
+                length_penalty=lp,
+                max_len_a=loaded.config.decode.max_len_a,
+                max_len_b=loaded.config.decode.max_len_b,
+                batch_tokens=cfg.batch_tokens,
+            )
+            start = time.perf_counter()
+            hyps = translator.translate(ds["src"])
+            seconds = time.perf_counter() - start
+            scores = score(hyps, ds["tgt"])
+            rows.append(
+                {
+                    "beam_size": beam,
+                    "length_penalty": lp if beam > 1 else None,
+                    "bleu": scores.bleu,
+                    "chrf": scores.chrf,
+                    "seconds": round(seconds, 2),
+                }
+            )
+            log.info("beam %d, length penalty %s: BLEU %.2f", beam, lp, scores.bleu)
+    best = max(rows, key=lambda r: (r["bleu"], -r["beam_size"]))
+    result = {"checkpoint": str(cfg.checkpoint), "split": split, "best": best, "table": rows}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune_decoding.json").write_text(json.dumps(result, indent=2))
     return result

@@ -97,6 +97,24 @@ def test_train_evaluate_translate(tmp_path):
     hyps = Path(scores["translations"]).read_text(encoding="utf-8").split("\n")
     assert len(hyps) == 41 and hyps[-1] == ""
 
+    tuned = run(
+        "scripts/tune_decoding.py",
+        f"checkpoint={run_dir / 'best.pt'}",
+        "beam_sizes=[1,2]",
+        "length_penalties=[0.6,1.0]",
+        f"data.dir={corpus}",
+        f"hydra.run.dir={tmp_path / 'tune'}",
+    )
+    table = json.loads((tmp_path / "tune" / "tune_decoding.json").read_text())
+    assert table["split"] == "val"  # settings are chosen on validation data
+    assert [(r["beam_size"], r["length_penalty"]) for r in table["table"]] == [
+        (1, None),
+        (2, 0.6),
+        (2, 1.0),
+    ]
+    assert table["best"]["bleu"] == max(r["bleu"] for r in table["table"])
+    assert "best on val" in tuned.stdout
+
     piped = run(
         "scripts/translate.py",
         f"checkpoint={run_dir / 'best.pt'}",
