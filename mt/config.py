@@ -90,6 +90,9 @@ class TrainConfig:
     accum_steps: int = 1
     """Batches per update and process (gradient accumulation): K gives the same updates as
     batches K times larger."""
+    compile: bool = False
+    """``torch.compile`` the training forward pass (fuses element-wise work; compiles once,
+    with dynamic shapes, before the first update)."""
     precision: str = "fp32"
     """``fp32``, ``bf16`` (autocast, no loss scaling needed) or ``fp16`` (autocast with a
     dynamic loss scaler). Weights and optimizer state stay in fp32."""

@@ -165,6 +165,8 @@ class Trainer:
             self.train_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model, dynamic=True)
         if logger is not None:
             self.logger = logger
         elif self.dist.is_main:

@@ -56,3 +56,26 @@ def test_sinusoidal_table_matches_paper_formula():
     pos, i = 7, 3
     assert table[pos, 2 * i] == pytest.approx(math.sin(pos / 10000 ** (2 * i / 8)))
     assert table[pos, 2 * i + 1] == pytest.approx(math.cos(pos / 10000 ** (2 * i / 8)))
+
+
+def reference_smoothed_loss(logits, target, eps, pad_id):
+    """The textbook composition, for comparison."""
+    log_probs = F.log_softmax(logits.double(), dim=-1)
+    nll = -log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    loss = (1 - eps) * nll - eps * log_probs.mean(-1)
+    return loss.masked_fill(target == pad_id, 0.0).sum()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.3])
+def test_hand_written_backward_matches_autograd(eps):
+    logits = torch.randn(3, 6, 13, requires_grad=True)
+    target = torch.randint(1, 13, (3, 6))
+    target[0, 4:] = 0
+    loss, _, _ = label_smoothed_nll(logits, target, epsilon=eps, pad_id=0)
+    (grad,) = torch.autograd.grad(loss * 0.7, logits)
+    ref_logits = logits.detach().double().requires_grad_()
+    ref = reference_smoothed_loss(ref_logits, target, eps, 0)
+    (ref_grad,) = torch.autograd.grad(ref * 0.7, ref_logits)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-6)
+    assert grad[0, 4:].abs().sum() == 0  # padding gets no gradient

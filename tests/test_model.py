@@ -71,3 +71,23 @@ def test_too_long_input_is_a_clear_error():
     src, tgt = random_batch(s=9)
     with pytest.raises(ValueError, match="max_positions=8"):
         model(src, tgt)
+
+
+def test_dropout_rate_scale_and_reproducibility():
+    from mt.modules.dropout import Dropout
+
+    drop = Dropout(0.1).train()
+    x = torch.ones(400_000)
+    torch.manual_seed(3)
+    a = drop(x)
+    torch.manual_seed(3)
+    b = drop(x)
+    assert torch.equal(a, b)  # the default generator drives the mask (seeds, checkpoints)
+    dropped = (a == 0).float().mean().item()
+    assert abs(dropped - 26 / 256) < 0.003  # 0.1 rounded to a multiple of 1/256
+    assert abs(a.mean().item() - 1.0) < 0.01  # kept values scaled: expectation preserved
+    assert torch.equal(drop.eval()(x), x)
+    y = torch.randn(64, 32, requires_grad=True)
+    out = Dropout(0.5).train()(y)
+    out.sum().backward()
+    torch.testing.assert_close(y.grad, (out != 0).float() * 2.0)  # gradient through kept only

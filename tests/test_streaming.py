@@ -63,7 +63,7 @@ def test_worker_processes_tokenise_like_the_main_process(tmp_path, tokenizer):
 
 
 def test_streamed_run_resumes_exactly(tmp_path):
-    cfg = streamed(tmp_path, window_pairs=20)  # about 4 batches a window
+    cfg = streamed(tmp_path, window_pairs=8)  # 3 or 4 batches a window
     Trainer(cfg, tmp_path / "straight", logger=ListLogger()).fit()
     first = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=4))
     Trainer(first, tmp_path / "resumed", logger=ListLogger()).fit()
