@@ -22,14 +22,15 @@ def inverse_sqrt(step: int, *, warmup_steps: int) -> float:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # foreach: one fused kernel launch per parameter group instead of one per tensor.
+    # fused: one kernel for all parameters, which can also skip a non-finite update on the
+    # device (``found_inf``, see Trainer.train_update) without the host waiting for it.
     return torch.optim.Adam(
         model.parameters(),
         lr=cfg.lr,
         betas=(cfg.adam_beta1, cfg.adam_beta2),
         eps=cfg.adam_eps,
         weight_decay=cfg.weight_decay,
-        foreach=True,
+        fused=True,
     )
 
 

@@ -1,8 +1,9 @@
 """The training loop: setup -> fit (train steps, periodic validation, checkpoints) -> test.
 
-``step`` counts optimizer updates only. The loss of an update is the token *sum* divided by the
-number of real target tokens in it (loss.py); the loss is read back only every
-``log_every_steps``.
+``step`` counts optimizer updates, including the rare ones skipped on the device because their
+loss or gradient was not finite (so that no update has to wait for the device to find out).
+The loss of an update is the token *sum* divided by the number of real target tokens in it
+(loss.py); the loss and the skip counters are read back only every ``log_every_steps``.
 
 Resuming is exact on CPU: a checkpoint holds the model, optimizer and schedule, the RNG state,
 the position in the epoch's batch order (which depends only on the seed and the epoch number)
@@ -65,7 +66,7 @@ class TrainingDiverged(ValueError):
 class Progress:
     """Where training is; saved in every checkpoint and restored on resume."""
 
-    step: int = 0  # optimizer updates
+    step: int = 0  # optimizer updates (non-finite ones, skipped on the device, included)
     epoch: int = 0  # completed epochs
     window_in_epoch: int = 0  # windows completed in the current epoch (data.streaming)
     batch_in_epoch: int = 0  # batches consumed in the current epoch's (or window's) order
@@ -153,11 +154,13 @@ class Trainer:
             torch.amp.GradScaler(self.device.type) if cfg.train.precision == "fp16" else None
         )
         self.progress = Progress()
-        self.nonfinite_in_a_row = 0
         if self.dist.rank:
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)  # own dropout masks
         if state:
             self.restore(state, source=str(resume_from))
+        # Skipped updates, counted on the device (see train_update).
+        self.nonfinite_total = torch.tensor(self.progress.nonfinite_updates, device=self.device)
+        self.nonfinite_run = torch.zeros((), dtype=torch.long, device=self.device)
         # DDP averages gradients over ranks during backward; ``self.model`` stays the bare
         # module (validation, search, checkpoints).
         self.train_model: torch.nn.Module = self.model
@@ -265,9 +268,13 @@ class Trainer:
         ``global_tgt_tokens`` counts the target tokens of the whole update, all ranks and
         micro-batches together: each micro-batch's loss *sum* is divided by it, so gradients add
         up to the gradient of the mean loss over the update however it is split (DDP averages
-        over ranks, hence the factor ``world_size``). An update whose loss or gradient norm is
-        not finite is skipped (counted, and after ``max_nonfinite_updates`` in a row training
-        stops with TrainingDiverged).
+        over ranks, hence the factor ``world_size``).
+
+        An update whose loss or gradient norm is not finite is skipped *on the device* (the
+        fused Adam kernel's ``found_inf``): nothing here waits for the device, so the host can
+        queue the next batch while this one computes. It still counts as a step (and advances
+        the learning-rate schedule); skips are counted on the device and read where the loop
+        reads the loss anyway (:meth:`check_nonfinite`).
         """
         self.train_model.train()
         scale = self.dist.world_size / global_tgt_tokens
@@ -299,20 +306,20 @@ class Trainer:
         # The gradient norm is the same on every rank (after the all-reduce), the loss is not:
         # with several ranks only the former decides, so that all of them skip together.
         check = grad_norm if self.dist.enabled else grad_norm + loss_total
-        if not bool(torch.isfinite(check)):  # the one host sync of an update
-            self.skip_update()
-            return torch.zeros((), device=self.device)
-        self.nonfinite_in_a_row = 0
+        bad = ~torch.isfinite(check)  # 0-dim bool, on the device
+        self.nonfinite_total += bad
+        self.nonfinite_run = torch.where(bad, self.nonfinite_run + 1, 0)
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)  # passes its own found_inf to the fused kernel
             self.scaler.update()
         else:
+            self.optimizer.found_inf = bad.float()  # the fused Adam kernel skips when 1
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.progress.step += 1
         self.progress.tgt_tokens += global_tgt_tokens
-        return nll_total
+        return torch.where(bad, 0.0, nll_total)
 
     def autocast(self):
         """Mixed precision for the forward pass and the loss (``train.precision``)."""
@@ -320,24 +327,28 @@ class Trainer:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def skip_update(self) -> None:
+    def check_nonfinite(self) -> None:
+        """Read the device-side skip counters (a host sync: called only with logging,
+        validation and saving). Raises TrainingDiverged after ``max_nonfinite_updates`` skipped
+        updates in a row."""
         p = self.progress
-        self.optimizer.zero_grad(set_to_none=True)
-        p.nonfinite_updates += 1
-        if self.scaler is not None:
-            # fp16 overflows are routine while the loss scale settles: the scaler lowers its
-            # scale; only overflows at a scale below 1 count towards divergence.
-            self.scaler.update()
-            if self.scaler.get_scale() >= 1.0:
-                return
-        self.nonfinite_in_a_row += 1
-        log.warning("non-finite loss or gradient at step %d: update skipped", p.step + 1)
-        if self.nonfinite_in_a_row >= self.cfg.train.max_nonfinite_updates:
-            raise TrainingDiverged(
-                f"{self.nonfinite_in_a_row} updates in a row had a non-finite loss or "
-                f"gradient (step {p.step}); {self.run_dir / 'last.pt'} holds the last good "
-                "state. Lower train.lr or raise train.warmup_steps, then resume or restart."
+        total, run = (int(v) for v in torch.stack([self.nonfinite_total, self.nonfinite_run]))
+        if total > p.nonfinite_updates:
+            log.warning(
+                "%d update(s) with a non-finite loss or gradient skipped by step %d",
+                total - p.nonfinite_updates,
+                p.step,
             )
+        p.nonfinite_updates = total
+        if run < self.cfg.train.max_nonfinite_updates:
+            return
+        if self.scaler is not None and self.scaler.get_scale() >= 1.0:
+            return  # fp16: overflows are routine while the loss scale settles
+        raise TrainingDiverged(
+            f"{run} updates in a row had a non-finite loss or gradient (up to step {p.step}); "
+            f"{self.run_dir / 'last.pt'} holds the last good state. Lower train.lr or raise "
+            "train.warmup_steps, then resume or restart."
+        )
 
     # -- validation -------------------------------------------------------------------------------
 
@@ -401,6 +412,7 @@ class Trainer:
 
         Called on every rank at the same step: each contributes its RNG state, rank 0 writes.
         """
+        self.check_nonfinite()
         rng_states = self.dist.gather(self.rng_state())
         if not self.dist.is_main:
             return
@@ -520,15 +532,13 @@ class Trainer:
                 continue  # consumed before the checkpoint this run resumed from
             mine = [data.collate(groups[i]) for i in update[self.dist.rank :: world]]
             global_tokens = sum(data.n_tgt_tokens(groups[i]) for i in update)
-            step_before = p.step
             m.nll += self.train_update(mine, global_tokens)
             p.batch_in_epoch = update.stop
             m.tokens += global_tokens
             m.local_tokens += sum(b.n_tgt_tokens for b in mine)
-            if p.step == step_before:  # skipped (non-finite)
-                continue
             self.bar.update(1)
             if p.step % t.log_every_steps == 0:
+                self.check_nonfinite()
                 now = time.monotonic()
                 nll, tokens = self.dist.sum([float(m.nll), m.local_tokens])
                 self.log_training(nll / tokens, m.tokens / (now - m.start))

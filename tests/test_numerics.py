@@ -32,15 +32,29 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path, monkeypatch):
     trainer = Trainer(small_run(tmp_path, max_steps=6), tmp_path / "run", logger=logger)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.fit()
-    assert trainer.progress.step == 6  # six real updates; the two bad batches did not count
+    assert trainer.progress.step == 6  # six updates, two of them skipped on the device
     assert trainer.progress.nonfinite_updates == 2
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
     assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+    # Adam took four steps: the skipped updates left its state alone too.
+    steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    assert steps == {4}
     logged = [
         m["train/nonfinite_updates"] for _, m in logger.records if "train/nonfinite_updates" in m
     ]
     assert logged[-1] == 2
     assert [name for _, name, _ in logger.figures] == ["val/cross_attention"] * 2  # steps 4, 6
+
+
+def test_skipped_update_leaves_weights_unchanged(tmp_path, monkeypatch):
+    poison(monkeypatch, {1})
+    trainer = Trainer(small_run(tmp_path, max_steps=1), tmp_path / "run", logger=ListLogger())
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    batch = next(trainer.data.train.batches(300))
+    nll = trainer.train_update([batch], batch.n_tgt_tokens)
+    assert float(nll) == 0.0  # a skipped update adds nothing to the logged loss
+    for name, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
 
 
 def test_many_nonfinite_updates_in_a_row_stop_with_checkpoint_intact(tmp_path, monkeypatch):
@@ -50,11 +64,23 @@ def test_many_nonfinite_updates_in_a_row_stop_with_checkpoint_intact(tmp_path, m
         tmp_path / "run",
         logger=ListLogger(),
     )
-    with pytest.raises(TrainingDiverged, match="3 updates in a row.*last.pt"):
+    good = None
+    real_save = trainer.save
+
+    def save(**kwargs):
+        nonlocal good
+        real_save(**kwargs)
+        if trainer.progress.step == 6:
+            good = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    trainer.save = save
+    with pytest.raises(TrainingDiverged, match=r"4 updates in a row.*last.pt"):
         trainer.fit()
     last = load_checkpoint(tmp_path / "run" / "last.pt")
-    assert last["progress"]["step"] == 6
-    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    # Updates 7.. are bad; the check at the log line of step 10 sees 4 in a row (>= 3).
+    assert last["progress"]["step"] == 8
+    for name, tensor in last["model"].items():  # the skipped updates changed nothing
+        assert torch.equal(tensor, good[name]), name
 
 
 def test_filter_counts_reach_the_logger(tmp_path):
