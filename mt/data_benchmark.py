@@ -97,5 +97,6 @@ def benchmark_data_pipeline(
         "rss_mb_first_window": rss[0] if rss else None,
         "rss_mb_last_window": rss[-1] if rss else None,
         "rss_mb_max": max(rss, default=None),
+        "rss_mb_per_window": rss,
         "windows": len(rss),
     }

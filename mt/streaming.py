@@ -17,6 +17,7 @@ skipped by reading lines, without tokenising them.
 import logging
 import multiprocessing
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 
 import datasets
@@ -91,29 +92,42 @@ class StreamingTrainData:
         return pairs
 
     def windows(self, *, skip: int = 0) -> Iterator[ParallelData]:
-        """One epoch: tokenised, filtered windows; the first ``skip`` are passed over unread."""
+        """One epoch: tokenised, filtered windows; the first ``skip`` are passed over unread.
+
+        The next window is read and tokenised in a background thread while the caller trains
+        on the current one, so data preparation stays off the training's critical path (the
+        tokenising work itself runs in C++ or in the worker processes, not under the GIL).
+        """
         for name in ("kept", "empty", "too_long", "bad_ratio"):
             setattr(self.filter_stats, name, 0)  # in place: PreparedData shares this object
         pairs = self.raw_pairs()
-        size = self.cfg.window_pairs
         for _ in range(skip):
-            if not list(islice(pairs, size)):
+            if not list(islice(pairs, self.cfg.window_pairs)):
                 return
-        while raw := list(islice(pairs, size)):
-            src_ids, tgt_ids = self.encode(raw)
-            keep, stats = filter_lengths(
-                [len(s) for s in src_ids],
-                [len(t) for t in tgt_ids],
-                max_tokens=self.cfg.max_tokens,
-                max_len_ratio=self.cfg.max_len_ratio,
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt-window") as ahead:
+            upcoming = ahead.submit(self._next_window, pairs)
+            while (window := upcoming.result()) is not None:
+                upcoming = ahead.submit(self._next_window, pairs)
+                if len(window):
+                    yield window
+
+    def _next_window(self, pairs: Iterator[tuple[str, str]]) -> ParallelData | None:
+        """The next ``window_pairs`` raw pairs, tokenised and filtered (None at the end)."""
+        raw = list(islice(pairs, self.cfg.window_pairs))
+        if not raw:
+            return None
+        src_ids, tgt_ids = self.encode(raw)
+        keep, stats = filter_lengths(
+            [len(s) for s in src_ids],
+            [len(t) for t in tgt_ids],
+            max_tokens=self.cfg.max_tokens,
+            max_len_ratio=self.cfg.max_len_ratio,
+        )
+        for name in ("kept", "empty", "too_long", "bad_ratio"):
+            setattr(
+                self.filter_stats, name, getattr(self.filter_stats, name) + getattr(stats, name)
             )
-            for name in ("kept", "empty", "too_long", "bad_ratio"):
-                total = getattr(self.filter_stats, name) + getattr(stats, name)
-                setattr(self.filter_stats, name, total)
-            if stats.kept:
-                yield ParallelData(
-                    [src_ids[i] for i in keep], [tgt_ids[i] for i in keep], self.tokenizer
-                )
+        return ParallelData([src_ids[i] for i in keep], [tgt_ids[i] for i in keep], self.tokenizer)
 
     def encode(self, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
         """Token ids of a window, in ``num_proc`` processes when that is more than 1."""
