@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mt.checkpoint import load_model
+from mt.checkpoint import LoadedModel, load_model
 from mt.config import DataConfig, EvaluateConfig, TuneDecodingConfig, validate_decode
 from mt.data import load_split
 from mt.metrics import score
@@ -27,6 +27,21 @@ def apply_overrides(data: DataConfig, overrides: object) -> DataConfig:
     return replace(data, **changes)
 
 
+def checkpoint_translator(
+    loaded: LoadedModel, beam_size: int, length_penalty: float, batch_tokens: int
+) -> Translator:
+    """A Translator with the search settings given and the checkpoint's length limits."""
+    return Translator(
+        loaded.model,
+        loaded.tokenizer,
+        beam_size=beam_size,
+        length_penalty=length_penalty,
+        max_len_a=loaded.config.decode.max_len_a,
+        max_len_b=loaded.config.decode.max_len_b,
+        batch_tokens=batch_tokens,
+    )
+
+
 def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     """Translate ``cfg.split`` with the checkpoint and score it; write hypotheses and scores."""
     validate_decode(cfg.beam_size)
@@ -34,15 +49,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     data = apply_overrides(loaded.config.data, cfg.data)
     split = resolve_split(data, cfg.split)
     ds = load_split(data, split)
-    translator = Translator(
-        loaded.model,
-        loaded.tokenizer,
-        beam_size=cfg.beam_size,
-        length_penalty=cfg.length_penalty,
-        max_len_a=loaded.config.decode.max_len_a,
-        max_len_b=loaded.config.decode.max_len_b,
-        batch_tokens=cfg.batch_tokens,
-    )
+    translator = checkpoint_translator(loaded, cfg.beam_size, cfg.length_penalty, cfg.batch_tokens)
     start = time.perf_counter()
     hyps = translator.translate(ds["src"])
     seconds = time.perf_counter() - start
@@ -84,15 +91,7 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
     rows = []
     for beam in cfg.beam_sizes:
         for lp in cfg.length_penalties if beam > 1 else cfg.length_penalties[:1]:
-            translator = Translator(
-                loaded.model,
-                loaded.tokenizer,
-                beam_size=beam,
-                length_penalty=lp,
-                max_len_a=loaded.config.decode.max_len_a,
-                max_len_b=loaded.config.decode.max_len_b,
-                batch_tokens=cfg.batch_tokens,
-            )
+            translator = checkpoint_translator(loaded, beam, lp, cfg.batch_tokens)
             start = time.perf_counter()
             hyps = translator.translate(ds["src"])
             seconds = time.perf_counter() - start
