@@ -480,8 +480,11 @@ class Trainer:
                 f"<same options> train.resume=auto hydra.run.dir={self.run_dir}"
             )
         if not self.dist.is_main:
-            return {}  # rank 0 alone translates the test split
-        return self.finish()
+            self.dist.barrier()  # rank 0 alone translates the test split; end together
+            return {}
+        metrics = self.finish()
+        self.dist.barrier()
+        return metrics
 
     def train_loop(self, interrupted: threading.Event) -> bool:
         """Update until a limit is reached; True when stopped by a signal (after saving)."""
