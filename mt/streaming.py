@@ -5,7 +5,8 @@ source/target files (or a hub dataset in ``datasets``' streaming mode) from the 
 them into windows of ``data.window_pairs`` raw pairs. A window is tokenised by
 ``data.num_proc`` worker processes, filtered like the in-memory data, and served as
 length-bucketed batches in a shuffled order (:class:`mt.data.ParallelData`); then it is
-dropped. Memory is bounded by one window, whatever the corpus size.
+dropped. Memory is bounded by two windows (the one in use and the next, prepared ahead),
+whatever the corpus size.
 
 Shuffling reaches within a window only: a corpus sorted by topic should be shuffled once on disk
 (``paste src tgt | shuf | ...``) before training, as with other streaming toolkits.
