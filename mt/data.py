@@ -208,7 +208,7 @@ def _from_translation(batch: dict, src_lang: str, tgt_lang: str) -> dict:
 _PROCESSORS: dict[bytes, Tokenizer] = {}
 
 
-def _encode_batch(batch: dict, model_proto: bytes) -> dict:
+def encode_batch(batch: dict, model_proto: bytes) -> dict:
     tokenizer = _PROCESSORS.get(model_proto)
     if tokenizer is None:
         tokenizer = _PROCESSORS[model_proto] = Tokenizer(model_proto)
@@ -219,7 +219,7 @@ def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, num_proc: int = 1) -> d
     """Add ``src_ids`` / ``tgt_ids`` (cached by the dataset and tokenizer fingerprints), in
     ``num_proc`` processes."""
     return ds.map(
-        _encode_batch,
+        encode_batch,
         batched=True,
         fn_kwargs={"model_proto": tokenizer.model_proto},
         num_proc=num_proc if num_proc > 1 and len(ds) >= 10 * num_proc else None,

@@ -19,6 +19,7 @@ import logging
 import multiprocessing
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from itertools import islice
 
 import datasets
@@ -29,6 +30,7 @@ from mt.data import (
     ParallelData,
     PreparedData,
     clean_line,
+    encode_batch,
     ensure_split_files,
     filter_lengths,
     load_eval_set,
@@ -57,22 +59,6 @@ def stream_pairs(cfg: DataConfig, split: str) -> Iterator[tuple[str, str]]:
     src_path, tgt_path = ensure_split_files(cfg, split)
     for pair in read_pairs(str(src_path), str(tgt_path), cfg.invalid_utf8):
         yield pair["src"], pair["tgt"]
-
-
-_WORKER_TOKENIZER: Tokenizer | None = None
-
-
-def _init_worker(model_proto: bytes) -> None:
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = Tokenizer(model_proto)
-
-
-def _encode_chunk(pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
-    assert _WORKER_TOKENIZER is not None
-    return (
-        _WORKER_TOKENIZER.encode([s for s, _ in pairs]),
-        _WORKER_TOKENIZER.encode([t for _, t in pairs]),
-    )
 
 
 class StreamingTrainData:
@@ -139,16 +125,22 @@ class StreamingTrainData:
             )
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")  # no fork of a process running torch
-            self._pool = ctx.Pool(
-                self.cfg.num_proc, initializer=_init_worker, initargs=(self.tokenizer.model_proto,)
-            )
+            self._pool = ctx.Pool(self.cfg.num_proc)
+        # The same worker function (and per-process tokenizer cache) as datasets' .map.
+        encode = partial(encode_batch, model_proto=self.tokenizer.model_proto)
         chunk = max(1, len(pairs) // (4 * self.cfg.num_proc))
+        chunks = (
+            {
+                "src": [s for s, _ in pairs[i : i + chunk]],
+                "tgt": [t for _, t in pairs[i : i + chunk]],
+            }
+            for i in range(0, len(pairs), chunk)
+        )
         src_ids: list[list[int]] = []
         tgt_ids: list[list[int]] = []
-        chunks = (pairs[i : i + chunk] for i in range(0, len(pairs), chunk))
-        for s, t in self._pool.imap(_encode_chunk, chunks):
-            src_ids += s
-            tgt_ids += t
+        for encoded in self._pool.imap(encode, chunks):
+            src_ids += encoded["src_ids"]
+            tgt_ids += encoded["tgt_ids"]
         return src_ids, tgt_ids
 
     def close(self) -> None:

@@ -257,10 +257,6 @@ class Trainer:
 
     # -- one update ------------------------------------------------------------------------------
 
-    def train_step(self, batch: Batch) -> torch.Tensor:
-        """One update on one batch (see :meth:`train_update`)."""
-        return self.train_update([batch], batch.n_tgt_tokens * self.dist.world_size)
-
     def train_update(self, batches: list[Batch], global_tgt_tokens: int) -> torch.Tensor:
         """Forward and backward each micro-batch, then clip and update once. Returns the
         (detached) summed NLL of this rank's micro-batches.

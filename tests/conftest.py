@@ -114,3 +114,16 @@ def small_run(tmp_path, model: dict | None = None, **train) -> RunConfig:
         ),
         decode=DecodeConfig(beam_size=1, max_len_b=3),
     )
+
+
+def synthetic_corpus_overrides(tmp_path) -> list[str]:
+    """Hydra overrides that point a script at the corpus ``small_run`` / tests write in
+    ``tmp_path / "corpus"`` (``xx`` -> ``yy``)."""
+    return [
+        "data=folder",
+        f"data.dir={tmp_path / 'corpus'}",
+        "data.src_lang=xx",
+        "data.tgt_lang=yy",
+        "data.vocab_size=300",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    ]

@@ -9,7 +9,7 @@ from mt.checkpoint import model_payload, save_checkpoint
 from mt.config import DataConfig, ModelConfig, RunConfig
 from mt.model import build_model
 from mt.tokenizer import Tokenizer
-from tests.conftest import synthetic_sentences, write_corpus
+from tests.conftest import synthetic_corpus_overrides, synthetic_sentences, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,12 +35,7 @@ def test_benchmark_writes_json(tmp_path):
         [
             sys.executable,
             "scripts/benchmark.py",
-            "data=folder",
-            f"data.dir={corpus}",
-            "data.src_lang=xx",
-            "data.tgt_lang=yy",
-            "data.vocab_size=300",
-            f"data.cache_dir={tmp_path / 'cache'}",
+            *synthetic_corpus_overrides(tmp_path),
             f"checkpoint={ckpt}",
             "train.batch_tokens=300",
             "bench.warmup_steps=1",
