@@ -34,7 +34,7 @@ from mt.metrics import score
 from mt.model import Transformer, build_model
 from mt.modules.embeddings import PositionalEncoding, TokenEmbedding
 from mt.optim import build_optimizer
-from mt.runtime import resolve_device, set_seed
+from mt.runtime import set_seed, use_device
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
@@ -228,7 +228,7 @@ def machine_description(device: torch.device) -> str:
 def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
     """Measure, write ``benchmark.json`` in ``out_dir`` and return the result."""
     set_seed(cfg.seed)
-    device = resolve_device(cfg.train.device)
+    device = use_device(cfg.train.device)
     loaded = load_model(cfg.checkpoint) if cfg.checkpoint else None
     if loaded:  # measure the checkpoint's architecture and vocabulary
         cfg.model = loaded.config.model
@@ -245,6 +245,18 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
         )
     if cfg.bench.train:
         result["train"] = benchmark_training(cfg, cfg.bench, tokenizer, device)
+    if cfg.bench.opennmt_python:
+        from mt.opennmt_compare import compare_with_opennmt  # it builds on mt.trainer
+
+        result["opennmt"] = compare_with_opennmt(
+            cfg,
+            prepare_data(cfg.data, seed=cfg.seed, tokenizer=tokenizer),
+            python=cfg.bench.opennmt_python,
+            steps=cfg.bench.opennmt_steps,
+            rounds=cfg.bench.opennmt_rounds,
+            out=Path(out_dir) / "opennmt",
+            device=str(device),
+        )
     if loaded:
         result["decode"] = benchmark_decoding(loaded, cfg, device)
     else:
@@ -257,7 +269,7 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
 
 def format_table(result: dict) -> str:
     rows = [("machine", result["machine"])]
-    for section in ("data_pipeline", "train"):
+    for section in ("data_pipeline", "train", "opennmt"):
         rows += [(f"{section}.{k}", v) for k, v in result.get(section, {}).items()]
     if isinstance(result["decode"], dict):
         for name, values in result["decode"].items():

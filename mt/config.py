@@ -128,6 +128,9 @@ class TrainConfig:
     num_threads: int | None = None
     """CPU threads for torch (None: torch's default, one per core)."""
     progress_bar: bool = True
+    test_at_end: bool = True
+    """Translate and score the test split when training ends (false: for sweeps and speed
+    comparisons, where only the validation split may be looked at)."""
 
 
 @dataclass
@@ -232,6 +235,12 @@ class BenchmarkConfig:
     data_lines: int = 0
     """When > 0: stream a generated corpus of this many lines through the data pipeline and
     report lines/s and memory per window (``data_pipeline`` in the JSON)."""
+    opennmt_python: str | None = None
+    """An interpreter with OpenNMT-py 3.5 installed: train the same model with both toolkits'
+    own trainers, side by side (``opennmt`` in the JSON; see mt/opennmt_compare.py)."""
+    opennmt_steps: int = 100
+    """Updates per side-by-side run (speeds are logged every 20; the first interval is dropped)."""
+    opennmt_rounds: int = 2
 
 
 @dataclass

@@ -10,7 +10,7 @@ from mt.checkpoint import LoadedModel, load_model
 from mt.config import DataConfig, EvaluateConfig, TuneDecodingConfig, validate_decode
 from mt.data import load_split
 from mt.metrics import score
-from mt.runtime import resolve_device
+from mt.runtime import use_device
 from mt.translator import Translator
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def checkpoint_translator(
 def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     """Translate ``cfg.split`` with the checkpoint and score it; write hypotheses and scores."""
     validate_decode(cfg.beam_size)
-    loaded = load_model(cfg.checkpoint, resolve_device(cfg.device))
+    loaded = load_model(cfg.checkpoint, use_device(cfg.device))
     data = apply_overrides(loaded.config.data, cfg.data)
     split = resolve_split(data, cfg.split)
     ds = load_split(data, split)
@@ -82,7 +82,7 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
     """
     for beam in cfg.beam_sizes:
         validate_decode(beam)
-    loaded = load_model(cfg.checkpoint, resolve_device(cfg.device))
+    loaded = load_model(cfg.checkpoint, use_device(cfg.device))
     data = apply_overrides(loaded.config.data, cfg.data)
     split = resolve_split(data, cfg.split)
     if split == data.test_split:

@@ -5,9 +5,11 @@ number of target tokens in the whole update (the same normalisation for any batc
 number of gradient-accumulation steps).
 
 The loss has its own backward: the gradient with respect to the logits is
-``softmax(logits) - q`` (q the smoothed target distribution), written in one pass over the
-(N, V) logits. Composed from log_softmax, gather and mean, autograd would make several
-full-size passes and temporaries; on a CPU that was about a quarter of a training step.
+``softmax(logits) - q`` (q the smoothed target distribution). The forward pass keeps the
+exponentiated logits it computes for the normaliser anyway, and the backward turns them into
+the gradient in place: two passes over the (N, V) logits and no new (N, V) tensor. Composed
+from log_softmax, gather and mean, autograd would make several full-size passes and
+temporaries; on a CPU that was about a quarter of a training step.
 
 Legend: B batch, T target length, N = B*T positions, V vocabulary.
 """
@@ -21,25 +23,29 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, epsilon: float, pad_id: int):
-        lse = torch.logsumexp(logits, dim=-1)  # (N,)
+        peak = logits.amax(dim=-1, keepdim=True)  # (N, 1), for a stable exp
+        exp = torch.sub(logits, peak).exp_()  # (N, V), kept for backward
+        total = exp.sum(dim=-1)  # (N,)
+        lse = peak.squeeze(1) + total.log()  # log-sum-exp, (N,)
         nll = lse - logits.gather(1, target[:, None]).squeeze(1)  # -log p(target), (N,)
         smooth = lse - logits.mean(dim=-1)  # cross-entropy against the uniform distribution
         is_real = target != pad_id  # (N,)
         loss = ((1.0 - epsilon) * nll + epsilon * smooth).masked_fill(~is_real, 0.0).sum()
         nll_sum = nll.masked_fill(~is_real, 0.0).sum()
-        ctx.save_for_backward(logits, lse, target, is_real)
+        ctx.save_for_backward(exp, total, target, is_real)
         ctx.epsilon = epsilon
         ctx.mark_non_differentiable(nll_sum)
         return loss, nll_sum
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):
-        logits, lse, target, is_real = ctx.saved_tensors
-        eps, vocab = ctx.epsilon, logits.size(-1)
-        grad = torch.sub(logits, lse[:, None]).exp_()  # softmax, (N, V)
-        grad.sub_(eps / vocab)
-        grad.scatter_add_(1, target[:, None], grad.new_full((grad.size(0), 1), eps - 1.0))
-        grad.mul_((is_real.to(grad.dtype) * grad_loss)[:, None])
+        exp, total, target, is_real = ctx.saved_tensors
+        eps, vocab = ctx.epsilon, exp.size(-1)
+        weight = is_real.to(exp.dtype) * grad_loss  # (N,): 0 at padding
+        # weight * (softmax - eps / V), then weight * (eps - 1) at each target: in place.
+        grad = exp.mul_((weight / total)[:, None]).sub_((weight * (eps / vocab))[:, None])
+        grad.scatter_add_(1, target[:, None], (weight * (eps - 1.0))[:, None])
         return grad, None, None, None
 
 

@@ -1,6 +1,9 @@
-"""Where and how reproducibly code runs: device choice and seeding."""
+"""Where and how reproducibly code runs: device choice, host memory and seeding."""
 
+import ctypes
+import ctypes.util
 import random
+import sys
 
 import numpy as np
 import torch
@@ -18,6 +21,39 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(
             f"device={name!r} is not a device name (auto, cpu, cuda, cuda:N)"
         ) from None
+
+
+def use_device(name: str) -> torch.device:
+    """:func:`resolve_device`; on a CPU, also :func:`keep_freed_memory`."""
+    device = resolve_device(name)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for reuse rather than hand it back to the system.
+
+    Why: PyTorch's CPU allocator calls malloc/free directly, and every training step allocates
+    and frees the same large tensors (the (N, V) logits, their gradient: ~100 MB each for 4k
+    tokens and 8k subwords). glibc serves blocks of more than a few MB with fresh ``mmap``
+    pages and unmaps them on ``free``, so each step faults every 4 KB page in again (about
+    70,000 page faults a step for the ``tiny`` model, 5% of its time on a 2-core CPU, measured
+    with ``scripts/benchmark.py``). Serving large blocks from the heap and never trimming it
+    makes them reused in place; the process keeps its peak resident memory instead of shrinking
+    between steps. Linux with glibc only: elsewhere nothing changes and False is returned.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def set_seed(seed: int) -> None:

@@ -47,7 +47,7 @@ from mt.loss import label_smoothed_nll
 from mt.metrics import score
 from mt.model import build_model, count_parameters
 from mt.optim import build_optimizer, build_scheduler
-from mt.runtime import resolve_device, set_seed
+from mt.runtime import set_seed, use_device
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
@@ -122,7 +122,7 @@ class Trainer:
         self.cfg = cfg
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.device = resolve_device(cfg.train.device)
+        self.device = use_device(cfg.train.device)
         self.dist = distributed.from_env(self.device.type)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -600,25 +600,10 @@ class Trainer:
     def finish(self) -> dict:
         """Translate the test split with the best checkpoint (or the average of the last ones,
         when ``train.average_last`` is set and it scores higher on validation); write
-        metrics.json."""
+        metrics.json. With ``train.test_at_end=false`` the test split is left alone."""
         p, stats = self.progress, self.data.filter_stats
-        chosen, averaged = self.choose_final_checkpoint()
-        load_weights(self.model, load_checkpoint(chosen)["model"], source=str(chosen))
-        dec = self.cfg.decode
-        test = self.data.test
-        hyps = self.translator(beam_size=dec.beam_size).translate(test.sources)
-        (self.run_dir / f"{test.name}.hyp").write_text("".join(h + "\n" for h in hyps))
-        test_scores = score(hyps, test.references)
-        metrics = {
-            "test": {
-                "split": test.name,
-                "beam_size": dec.beam_size,
-                "length_penalty": dec.length_penalty,
-                **test_scores.as_dict(),
-            },
+        metrics: dict = {
             "best_checkpoint": {"step": p.best_step, "val_score": p.best_score},
-            "test_checkpoint": chosen.name,
-            "averaged": averaged,
             "train": {
                 "steps": p.step,
                 "epochs": p.epoch,
@@ -634,9 +619,23 @@ class Trainer:
             "data": {"train_pairs": stats.kept, "filtered": vars(stats)},
             "validation_history": p.history,
         }
+        if self.cfg.train.test_at_end:
+            metrics.update(self.test_pass())
         (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        self.logger.log_dict({"test/bleu": test_scores.bleu, "test/chrf": test_scores.chrf}, p.step)
         self.logger.close()
+        return metrics
+
+    def test_pass(self) -> dict:
+        """Score the chosen checkpoint on the test split (the only place the test split is used)."""
+        chosen, averaged = self.choose_final_checkpoint()
+        load_weights(self.model, load_checkpoint(chosen)["model"], source=str(chosen))
+        dec, test = self.cfg.decode, self.data.test
+        hyps = self.translator(beam_size=dec.beam_size).translate(test.sources)
+        (self.run_dir / f"{test.name}.hyp").write_text("".join(h + "\n" for h in hyps))
+        test_scores = score(hyps, test.references)
+        self.logger.log_dict(
+            {"test/bleu": test_scores.bleu, "test/chrf": test_scores.chrf}, self.progress.step
+        )
         log.info(
             "test %s: BLEU %.2f chrF %.2f (%s)",
             test.name,
@@ -644,4 +643,13 @@ class Trainer:
             test_scores.chrf,
             test_scores.bleu_signature,
         )
-        return metrics
+        return {
+            "test": {
+                "split": test.name,
+                "beam_size": dec.beam_size,
+                "length_penalty": dec.length_penalty,
+                **test_scores.as_dict(),
+            },
+            "test_checkpoint": chosen.name,
+            "averaged": averaged,
+        }

@@ -44,6 +44,9 @@ def main(cfg: DictConfig) -> None:
                 trainer.dist.shutdown()
     if not metrics:
         return  # not rank 0: rank 0 reports
+    if "test" not in metrics:  # train.test_at_end=false
+        print(json.dumps({"run_dir": run_dir, "train": metrics["train"]}, indent=2))
+        return
     test = metrics["test"]
     print(json.dumps({"run_dir": run_dir, "test": test, "train": metrics["train"]}, indent=2))
     print(

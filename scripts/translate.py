@@ -17,7 +17,7 @@ from mt.checkpoint import load_model
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs, validate_decode
 from mt.interactive import prompt_loop, text_lines, translate_stream
-from mt.runtime import resolve_device
+from mt.runtime import use_device
 from mt.translator import Translator
 
 register_configs()
@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> None:
     with user_errors():
         tcfg = from_hydra(cfg)
         validate_decode(tcfg.beam_size, tcfg.n_best)
-        loaded = load_model(tcfg.checkpoint, resolve_device(tcfg.device))
+        loaded = load_model(tcfg.checkpoint, use_device(tcfg.device))
         dec = loaded.config.decode
         translator = Translator(
             loaded.model,
