@@ -19,12 +19,10 @@ as large give the same update. Under torchrun only rank 0 logs, validates and wr
 import json
 import logging
 import math
-import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -47,72 +45,12 @@ from mt.loss import label_smoothed_nll
 from mt.metrics import score
 from mt.model import build_model, count_parameters
 from mt.optim import build_optimizer, build_scheduler
+from mt.progress import Meter, Progress, TrainingDiverged, TrainingInterrupted, stop_on_signals
 from mt.runtime import set_seed, use_device
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
 log = logging.getLogger(__name__)
-
-
-class TrainingInterrupted(Exception):
-    """SIGINT / SIGTERM: the current step finished and ``last.pt`` was saved."""
-
-
-class TrainingDiverged(ValueError):
-    """Too many non-finite updates in a row; the last good checkpoint is kept."""
-
-
-@dataclass
-class Progress:
-    """Where training is; saved in every checkpoint and restored on resume."""
-
-    step: int = 0  # optimizer updates (non-finite ones, skipped on the device, included)
-    epoch: int = 0  # completed epochs
-    window_in_epoch: int = 0  # windows completed in the current epoch (data.streaming)
-    batch_in_epoch: int = 0  # batches consumed in the current epoch's (or window's) order
-    best_score: float = -math.inf
-    best_step: int = 0
-    train_seconds: float = 0.0  # wall clock of the loop, validation included
-    validation_seconds: float = 0.0
-    tgt_tokens: int = 0
-    nonfinite_updates: int = 0  # skipped updates, in total
-    history: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class Meter:
-    """Training loss and speed since the last log line."""
-
-    nll: torch.Tensor  # summed on the device: read back only when logging
-    tokens: int = 0  # target tokens of all ranks
-    local_tokens: int = 0  # this rank's
-    start: float = field(default_factory=time.monotonic)
-
-    def reset(self, now: float) -> None:
-        self.nll.zero_()
-        self.tokens, self.local_tokens, self.start = 0, 0, now
-
-
-@contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """SIGINT/SIGTERM set an event instead of killing the process mid-step."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-
-    def handler(signum, _frame):
-        log.warning(
-            "%s received: finishing the current step, then saving", signal.Signals(signum).name
-        )
-        requested.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield requested
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class Trainer:
