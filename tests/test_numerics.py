@@ -1,5 +1,7 @@
 """Non-finite losses: skipped and counted; a run of them stops training, the checkpoint intact."""
 
+import json
+
 import pytest
 import torch
 
@@ -97,3 +99,11 @@ def test_average_last_checkpoints_at_the_end(tmp_path):
     assert metrics["averaged"]["from"] == ["step_4.pt", "step_6.pt"]
     assert metrics["test_checkpoint"] in ("best.pt", "averaged.pt")
     assert (tmp_path / "run" / "averaged.pt").is_file()
+
+
+def test_test_pass_can_be_left_out(tmp_path):
+    cfg = small_run(tmp_path, max_steps=4, test_at_end=False)
+    metrics = Trainer(cfg, tmp_path / "run", logger=ListLogger()).fit()
+    assert "test" not in metrics and metrics["train"]["steps"] == 4
+    assert not list((tmp_path / "run").glob("*.hyp"))
+    assert "test" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
