@@ -42,9 +42,10 @@ def keep_freed_memory() -> bool:
     tokens and 8k subwords). glibc serves blocks of more than a few MB with fresh ``mmap``
     pages and unmaps them on ``free``, so each step faults every 4 KB page in again (about
     70,000 page faults a step for the ``tiny`` model, 5% of its time on a 2-core CPU, measured
-    with ``scripts/benchmark.py``). Serving large blocks from the heap and never trimming it
-    makes them reused in place; the process keeps its peak resident memory instead of shrinking
-    between steps. Linux with glibc only: elsewhere nothing changes and False is returned.
+    in one process with the setting switched between alternating rounds; benchmarks/README.md).
+    Serving large blocks from the heap and never trimming it makes them reused in place; the
+    process keeps its peak resident memory instead of shrinking between steps. Linux with glibc
+    only: elsewhere nothing changes and False is returned.
     """
     if not sys.platform.startswith("linux"):
         return False
