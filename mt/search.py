@@ -52,6 +52,21 @@ def max_output_lengths(src: Tensor, pad_id: int, a: float, b: int, limit: int) -
     return (src_lens.float() * a + b).long().clamp(min=1, max=limit)
 
 
+def check_interval(device: torch.device, check_every: int | None) -> int:
+    """Steps between looks at which sentences are done (to drop them from the batch).
+
+    A look reads a flag on the host. On a CPU that is free, so every step looks and no step
+    computes a finished sentence. On an accelerator it waits for the device to finish the
+    queued work, so the step loop only looks every 8 steps: finished rows ride along for at
+    most 7 steps (their outputs are already recorded) and the device never idles in between.
+    """
+    if check_every is not None:
+        if check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        return check_every
+    return 1 if device.type == "cpu" else 8
+
+
 def _start(model: Searchable, src: Tensor, ids: SpecialIds, repeat: int = 1):
     src_mask = padding_mask(src == ids.pad)  # (B, 1, 1, S)
     memory = model.encode(src, src_mask)  # (B, S, D)
@@ -69,15 +84,23 @@ def greedy_search(
     *,
     max_len_a: float = 1.5,
     max_len_b: int = 10,
+    check_every: int | None = None,
 ) -> list[list[int]]:
-    """The most probable next token at each step. src (B, S) -> B lists of output ids."""
+    """The most probable next token at each step. src (B, S) -> B lists of output ids.
+
+    Each step records, on the device, which rows end (EOS or their length limit) and their
+    lengths; every ``check_every`` steps (see :func:`check_interval`) rows that ended leave the
+    batch.
+    """
     batch_size, device = src.size(0), src.device
+    every = check_interval(device, check_every)
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
     longest = int(max_lens.max())
     state = _start(model, src, ids)
     out = torch.full((batch_size, longest), ids.pad, dtype=torch.long, device=device)  # (B, L)
     lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) without EOS
     active = torch.arange(batch_size, device=device)  # (b,) original index of each row
+    ended = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (b,)
     tokens = torch.full((batch_size,), ids.bos, dtype=torch.long, device=device)
     for step in range(1, longest + 1):
         logits = model.decode_step(tokens, state)  # (b, V)
@@ -85,14 +108,17 @@ def greedy_search(
         logits[:, ids.bos] = -torch.inf
         tokens = logits.argmax(dim=-1)  # (b,)
         at_limit = max_lens[active] <= step  # the limit counts EOS: EOS is forced here
-        done = (tokens == ids.eos) | at_limit
-        out[active, step - 1] = tokens
-        lengths[active[done]] = step - 1
-        if bool(done.all()):
+        ending = ((tokens == ids.eos) | at_limit) & ~ended
+        out[active, step - 1] = tokens  # past a row's end: ignored (cut at its length)
+        lengths[active] = torch.where(ending, step - 1, lengths[active])
+        ended |= ending
+        if step % every and step < longest:
+            continue
+        if bool(ended.all()):
             break
-        if bool(done.any()):
-            keep = (~done).nonzero().squeeze(1)
-            active, tokens = active[keep], tokens[keep]
+        if bool(ended.any()):
+            keep = (~ended).nonzero().squeeze(1)
+            active, tokens, ended = active[keep], tokens[keep], ended[keep]
             state.index_select(keep)
     rows, n = out.tolist(), lengths.tolist()  # one transfer at the end
     return [row[:length] for row, length in zip(rows, n)]
@@ -109,6 +135,7 @@ def beam_search(
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     n_best: int = 1,
+    check_every: int | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search; src (B, S) -> for each sentence its ``n_best`` hypotheses, best first.
 
@@ -116,49 +143,61 @@ def beam_search(
     (as fairseq does: at most K of them end in EOS, so K live ones always remain). Candidates
     among the top K that end in EOS are finished, scored as log-probability / length **
     ``length_penalty``. A sentence is done once it has K finished hypotheses (or reaches its
-    length limit, where EOS is forced); it then leaves the batch.
+    length limit, where EOS is forced); every ``check_every`` steps (see
+    :func:`check_interval`) sentences that are done leave the batch.
+
+    Finished hypotheses are kept in device tensors, (B, K) slots per sentence (plus one spare
+    slot that absorbs finishers beyond the K-th), and read on the host once, at the end.
     """
     k = beam_size
-    batch_size = src.size(0)
-    device = src.device
+    batch_size, device = src.size(0), src.device
+    every = check_interval(device, check_every)
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
+    longest = int(max_lens.max())
     state = _start(model, src, ids, repeat=k)
-    finished: list[list[Hypothesis]] = [[] for _ in range(batch_size)]
+    # Finished hypotheses: slot K of each sentence is the spare that is never read.
+    fin_scores = torch.full((batch_size, k + 1), -torch.inf, device=device)  # (B, K+1)
+    fin_lengths = torch.zeros((batch_size, k + 1), dtype=torch.long, device=device)
+    fin_tokens = torch.full((batch_size, k + 1, longest), ids.pad, dtype=torch.long, device=device)
     n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) at most K
     active = torch.arange(batch_size, device=device)  # (b,) original sentence of each group
     prefixes = torch.full((batch_size * k, 1), ids.bos, dtype=torch.long, device=device)
     scores = torch.full((batch_size, k), -torch.inf, device=device)
     scores[:, 0] = 0.0  # all beams start identical: only the first is live at step 1
-    for step in range(1, int(max_lens.max()) + 1):
+    beam_ids = torch.arange(k, device=device)
+    for step in range(1, longest + 1):
         b = active.numel()
         log_probs = model.decode_step(prefixes[:, -1], state).float().log_softmax(-1)  # (b*K, V)
         vocab = log_probs.size(-1)
         log_probs[:, ids.pad] = -torch.inf
         log_probs[:, ids.bos] = -torch.inf
         at_limit = (max_lens[active] <= step).repeat_interleave(k)  # (b*K,)
-        if bool(at_limit.any()):
+        # Force EOS at the limit. Where host reads are free (every == 1) the full (b*K, V)
+        # pass is skipped on the many steps where no row is at its limit.
+        if every > 1 or bool(at_limit.any()):
             # A finite floor keeps a hypothesis even where the model gives EOS probability 0.
-            eos_scores = log_probs[at_limit, ids.eos].clamp(min=_NEVER)
-            log_probs[at_limit] = -torch.inf
-            log_probs[at_limit, ids.eos] = eos_scores
+            eos = log_probs[:, ids.eos]  # (b*K,)
+            eos_scores = torch.where(at_limit, eos.clamp(min=_NEVER), eos)
+            log_probs.masked_fill_(at_limit[:, None], -torch.inf)
+            log_probs[:, ids.eos] = eos_scores
         candidates = scores[:, :, None] + log_probs.view(b, k, vocab)  # (b, K, V)
         top_scores, top_ids = candidates.view(b, k * vocab).topk(2 * k, dim=1)  # (b, 2K)
         top_beams, top_tokens = top_ids // vocab, top_ids % vocab
         is_eos = top_tokens == ids.eos  # (b, 2K)
 
-        # 1. Finish the EOS candidates that rank among the top K.
-        finishing = is_eos[:, :k] & (top_scores[:, :k] > -torch.inf)
-        if bool(finishing.any()):
-            rows = (torch.arange(b, device=device)[:, None] * k + top_beams[:, :k])[finishing]
-            normalised = top_scores[:, :k][finishing] / (step**length_penalty)
-            groups = finishing.nonzero()[:, 0]
-            sentences = active[groups]
-            n_finished.index_add_(0, sentences, torch.ones_like(sentences))
-            n_finished.clamp_(max=k)
-            for sentence, row, value in zip(sentences.tolist(), rows.tolist(), normalised.tolist()):
-                if len(finished[sentence]) < k:
-                    tokens = prefixes[row, 1:].tolist()
-                    finished[sentence].append(Hypothesis(tokens, value))
+        # 1. Finish the EOS candidates that rank among the top K: each takes the sentence's
+        #    next free slot, in rank order; beyond the K-th they go to the spare slot.
+        #    (Where host reads are free, steps without a finisher skip this.)
+        finishing = is_eos[:, :k] & (top_scores[:, :k] > -torch.inf)  # (b, K)
+        if every > 1 or bool(finishing.any()):
+            slot = n_finished[active, None] + finishing.long().cumsum(dim=1) - 1  # (b, K)
+            slot = torch.where(finishing & (slot < k), slot, k)
+            sentence = active[:, None].expand(b, k)
+            rows = torch.arange(b, device=device)[:, None] * k + top_beams[:, :k]  # (b, K)
+            fin_scores[sentence, slot] = top_scores[:, :k] / (step**length_penalty)
+            fin_lengths[sentence, slot] = step - 1
+            fin_tokens[sentence, slot, : step - 1] = prefixes[rows, 1:]
+            n_finished[active] = (n_finished[active] + finishing.sum(dim=1)).clamp(max=k)
 
         # 2. The best K non-EOS candidates continue (stable: keep the score order).
         rank = is_eos.long() * (2 * k) + torch.arange(2 * k, device=device)  # EOS last
@@ -170,13 +209,32 @@ def beam_search(
         state.index_select(parent, memory=False)
 
         # 3. Drop sentences that are done.
+        if step % every and step < longest:
+            continue
         done = (n_finished[active] >= k) | (max_lens[active] <= step)  # (b,)
         if bool(done.all()):
             break
         if bool(done.any()):
             groups_left = (~done).nonzero().squeeze(1)  # (b',)
-            rows_left = (groups_left[:, None] * k + torch.arange(k, device=device)).view(-1)
+            rows_left = (groups_left[:, None] * k + beam_ids).view(-1)
             active, scores = active[groups_left], scores[groups_left]
             prefixes = prefixes[rows_left]
             state.index_select(rows_left)
-    return [sorted(hyps, key=lambda h: -h.score)[:n_best] for hyps in finished]
+    return _collect(fin_scores[:, :k], fin_lengths[:, :k], fin_tokens[:, :k], n_best)
+
+
+def _collect(
+    scores: Tensor, lengths: Tensor, tokens: Tensor, n_best: int
+) -> list[list[Hypothesis]]:
+    """(B, K) finished slots on the device -> per sentence its n_best hypotheses, best first."""
+    out = []
+    for row_scores, row_lengths, row_tokens in zip(
+        scores.tolist(), lengths.tolist(), tokens.tolist()
+    ):
+        hyps = [
+            Hypothesis(toks[:length], score)
+            for score, length, toks in zip(row_scores, row_lengths, row_tokens)
+            if score > -torch.inf
+        ]
+        out.append(sorted(hyps, key=lambda h: -h.score)[:n_best])
+    return out

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from mt.search import SpecialIds, beam_search, greedy_search
@@ -130,3 +131,48 @@ def test_beam_search_scores_are_the_model_log_probs():
         at_limit = len(tokens) + 1 >= 5 * 1.5 + 6
         if not at_limit:
             assert math.isclose(nbest[0].score, float(total), rel_tol=1e-4)
+
+
+def _varied_batch():
+    """Sentences of 1..7 tokens: with a short length limit they end at different steps."""
+    src = torch.zeros(7, 7, dtype=torch.long)
+    for i in range(7):
+        src[i, : i + 1] = torch.randint(3, 23, (i + 1,))
+    return src
+
+
+def test_looking_for_done_sentences_less_often_changes_nothing():
+    torch.manual_seed(0)
+    model = small_model()
+    src = _varied_batch()
+    lengths = dict(max_len_a=1.0, max_len_b=2)
+    greedy = greedy_search(model, src, IDS, check_every=1, **lengths)
+    assert len({len(out) for out in greedy}) > 2  # the rows really end at different steps
+    beam = beam_search(model, src, IDS, beam_size=3, n_best=3, check_every=1, **lengths)
+    for every in (2, 3, 100):
+        assert greedy_search(model, src, IDS, check_every=every, **lengths) == greedy
+        again = beam_search(model, src, IDS, beam_size=3, n_best=3, check_every=every, **lengths)
+        for ours, ref in zip(again, beam):
+            assert [h.tokens for h in ours] == [h.tokens for h in ref]
+            for a, b in zip(ours, ref):
+                assert math.isclose(a.score, b.score, rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_step_loop_reads_the_host_only_every_check_interval(monkeypatch):
+    torch.manual_seed(0)
+    model = small_model()
+    src = _varied_batch()
+    reads = []
+    real_bool = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or real_bool(t))
+    lengths = dict(max_len_a=1.0, max_len_b=10)  # up to 17 steps
+    greedy_search(model, src, IDS, check_every=8, **lengths)
+    assert 0 < len(reads) <= 2 * 3  # steps 8, 16 and the last: at most two reads each
+    reads.clear()
+    beam_search(model, src, IDS, beam_size=3, check_every=8, **lengths)
+    assert 0 < len(reads) <= 2 * 3
+
+
+def test_check_every_must_be_positive():
+    with pytest.raises(ValueError, match="check_every"):
+        greedy_search(small_model(), torch.tensor([[3, 2]]), IDS, check_every=0)
