@@ -17,6 +17,7 @@ import math
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from mt.metrics import score
 from mt.model import Transformer, build_model
 from mt.modules.embeddings import PositionalEncoding, TokenEmbedding
 from mt.optim import build_optimizer
-from mt.runtime import set_seed, use_device
+from mt.runtime import autocast_dtype, resolve_precision, set_seed, use_device
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
@@ -116,18 +117,21 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def time_steps(model: nn.Module, optimizer, batches: list[Batch], device, cfg: RunConfig):
-    """Seconds for training steps over ``batches`` (synchronised at the end only)."""
+    """Seconds for training steps over ``batches`` (synchronised at the end only), in the
+    precision training would use (``train.precision``; fp16's loss scaler is left out)."""
     model.train()
+    dtype = autocast_dtype(resolve_precision(cfg.train.precision, device))
     _sync(device)
     start = time.perf_counter()
     for batch in batches:
         batch = batch.to(device)
-        loss_sum, _, _ = label_smoothed_nll(
-            model(batch.src, batch.tgt_in),
-            batch.tgt_out,
-            epsilon=cfg.train.label_smoothing,
-            pad_id=0,
-        )
+        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+            loss_sum, _, _ = label_smoothed_nll(
+                model(batch.src, batch.tgt_in),
+                batch.tgt_out,
+                epsilon=cfg.train.label_smoothing,
+                pad_id=0,
+            )
         (loss_sum / batch.n_tgt_tokens).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
         optimizer.step()
@@ -181,7 +185,7 @@ def benchmark_training(
         "flops_per_tgt_token": round(flops / tgt),
         "achieved_flop_per_s": round(achieved),
         "matmul_peak_flop_per_s": round(peak),
-        "utilisation": round(achieved / peak, 3),
+        "utilisation": float(f"{achieved / peak:.3g}"),  # 3 significant digits
         "steps_timed": len(timed),
         "tgt_tokens_per_step": round(tgt / len(timed), 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
@@ -240,6 +244,7 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
         "torch": torch.__version__,
         "model": asdict(cfg.model),
         "batch_tokens": cfg.train.batch_tokens,
+        "precision": resolve_precision(cfg.train.precision, device),
     }
     tokenizer = loaded.tokenizer if loaded else None
     if cfg.bench.data_lines > 0:  # first: its memory readings start from a small process

@@ -93,9 +93,10 @@ class TrainConfig:
     compile: bool = False
     """``torch.compile`` the training forward pass (fuses element-wise work; compiles once,
     with dynamic shapes, before the first update)."""
-    precision: str = "fp32"
-    """``fp32``, ``bf16`` (autocast, no loss scaling needed) or ``fp16`` (autocast with a
-    dynamic loss scaler). Weights and optimizer state stay in fp32."""
+    precision: str = "auto"
+    """``auto`` (bf16 on a CUDA GPU that supports it, else fp32), ``fp32``, ``bf16`` (autocast,
+    no loss scaling needed) or ``fp16`` (autocast with a dynamic loss scaler). Weights and
+    optimizer state stay in fp32."""
     lr: float = 1.5e-3
     """Peak learning rate, reached after ``warmup_steps`` and then decayed as 1/sqrt(step)."""
     warmup_steps: int = 300
@@ -281,8 +282,8 @@ def validate_run_config(cfg: RunConfig) -> None:
             "accum_steps",
         ],
     )
-    if t.precision not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"train.precision={t.precision!r} must be fp32, bf16 or fp16")
+    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ValueError(f"train.precision={t.precision!r} must be auto, fp32, bf16 or fp16")
     if t.keep_last < 0:
         raise ValueError(f"train.keep_last={t.keep_last} must be 0 or more")
     if t.average_last > t.keep_last:

@@ -46,7 +46,7 @@ from mt.metrics import score
 from mt.model import build_model, count_parameters
 from mt.optim import build_optimizer, build_scheduler
 from mt.progress import Meter, Progress, TrainingDiverged, TrainingInterrupted, stop_on_signals
-from mt.runtime import set_seed, use_device
+from mt.runtime import autocast_dtype, resolve_precision, set_seed, use_device
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
@@ -84,13 +84,10 @@ class Trainer:
         ).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
-        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            cfg.train.precision
-        ]
+        self.precision = resolve_precision(cfg.train.precision, self.device)
+        self.autocast_dtype = autocast_dtype(self.precision)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
-        self.scaler = (
-            torch.amp.GradScaler(self.device.type) if cfg.train.precision == "fp16" else None
-        )
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.progress = Progress()
         if self.dist.rank:
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)  # own dropout masks
@@ -124,11 +121,12 @@ class Trainer:
         if not state and not cfg.data.streaming:
             self.log_filter_stats()
         log.info(
-            "model: %s, %.1fM parameters, vocabulary %d, device %s; %s training pairs",
+            "model: %s, %.1fM parameters, vocabulary %d, device %s, %s; %s training pairs",
             cfg.model.name,
             count_parameters(self.model) / 1e6,
             self.tokenizer.vocab_size,
             self.device,
+            self.precision,
             "streamed" if cfg.data.streaming else len(self.data.train),
         )
 
