@@ -1,6 +1,6 @@
 """The tiny model must actually learn: a synthetic reversal task, solved to BLEU > 90.
 
-On 2 CPU cores this takes 1-2 minutes (`tiny` trains at 2,000-3,000 target tokens/s there);
+On 2 CPU cores this takes 2-3 minutes (`tiny` trains at 2,000-3,000 target tokens/s there);
 reversal needs ~320 updates of 1,024 tokens (150 updates reached BLEU 44; 320 gave 88-92 and
 400 gave 89.8 on one of the project's machines, depending on the floating-point order of its
 kernels; 500 gave 98.2 there, so the test trains 500).
