@@ -17,7 +17,6 @@ import math
 import resource
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from mt.metrics import score
 from mt.model import Transformer, build_model
 from mt.modules.embeddings import PositionalEncoding, TokenEmbedding
 from mt.optim import build_optimizer
-from mt.runtime import autocast_dtype, resolve_precision, set_seed, use_device
+from mt.runtime import autocast, resolve_precision, set_seed, use_device
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
@@ -120,12 +119,12 @@ def time_steps(model: nn.Module, optimizer, batches: list[Batch], device, cfg: R
     """Seconds for training steps over ``batches`` (synchronised at the end only), in the
     precision training would use (``train.precision``; fp16's loss scaler is left out)."""
     model.train()
-    dtype = autocast_dtype(resolve_precision(cfg.train.precision, device))
+    precision = resolve_precision(cfg.train.precision, device)
     _sync(device)
     start = time.perf_counter()
     for batch in batches:
         batch = batch.to(device)
-        with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+        with autocast(device, precision):
             loss_sum, _, _ = label_smoothed_nll(
                 model(batch.src, batch.tgt_in),
                 batch.tgt_out,

@@ -4,6 +4,7 @@ import ctypes
 import ctypes.util
 import random
 import sys
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -37,9 +38,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of a resolved precision (None: no autocast)."""
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+def autocast(device: torch.device, precision: str) -> AbstractContextManager:
+    """The forward pass's context for a resolved precision: autocast to bf16/fp16, or nothing."""
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
 def use_device(name: str) -> torch.device:

@@ -155,9 +155,9 @@ def beam_search(
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
     longest = int(max_lens.max())
     state = _start(model, src, ids, repeat=k)
-    # Finished hypotheses: slot K of each sentence is the spare that is never read.
+    # Finished hypotheses: slot K of each sentence is the spare that is never read. Outputs
+    # never contain pad, so a hypothesis is its slot's tokens up to the first pad.
     fin_scores = torch.full((batch_size, k + 1), -torch.inf, device=device)  # (B, K+1)
-    fin_lengths = torch.zeros((batch_size, k + 1), dtype=torch.long, device=device)
     fin_tokens = torch.full((batch_size, k + 1, longest), ids.pad, dtype=torch.long, device=device)
     n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) at most K
     active = torch.arange(batch_size, device=device)  # (b,) original sentence of each group
@@ -195,7 +195,6 @@ def beam_search(
             sentence = active[:, None].expand(b, k)
             rows = torch.arange(b, device=device)[:, None] * k + top_beams[:, :k]  # (b, K)
             fin_scores[sentence, slot] = top_scores[:, :k] / (step**length_penalty)
-            fin_lengths[sentence, slot] = step - 1
             fin_tokens[sentence, slot, : step - 1] = prefixes[rows, 1:]
             n_finished[active] = (n_finished[active] + finishing.sum(dim=1)).clamp(max=k)
 
@@ -220,20 +219,16 @@ def beam_search(
             active, scores = active[groups_left], scores[groups_left]
             prefixes = prefixes[rows_left]
             state.index_select(rows_left)
-    return _collect(fin_scores[:, :k], fin_lengths[:, :k], fin_tokens[:, :k], n_best)
+    return _collect(fin_scores[:, :k], fin_tokens[:, :k], ids.pad, n_best)
 
 
-def _collect(
-    scores: Tensor, lengths: Tensor, tokens: Tensor, n_best: int
-) -> list[list[Hypothesis]]:
+def _collect(scores: Tensor, tokens: Tensor, pad_id: int, n_best: int) -> list[list[Hypothesis]]:
     """(B, K) finished slots on the device -> per sentence its n_best hypotheses, best first."""
     out = []
-    for row_scores, row_lengths, row_tokens in zip(
-        scores.tolist(), lengths.tolist(), tokens.tolist()
-    ):
+    for row_scores, row_tokens in zip(scores.tolist(), tokens.tolist()):
         hyps = [
-            Hypothesis(toks[:length], score)
-            for score, length, toks in zip(row_scores, row_lengths, row_tokens)
+            Hypothesis(toks[: toks.index(pad_id)] if pad_id in toks else toks, score)
+            for score, toks in zip(row_scores, row_tokens)
             if score > -torch.inf
         ]
         out.append(sorted(hyps, key=lambda h: -h.score)[:n_best])

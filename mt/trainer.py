@@ -46,7 +46,7 @@ from mt.metrics import score
 from mt.model import build_model, count_parameters
 from mt.optim import build_optimizer, build_scheduler
 from mt.progress import Meter, Progress, TrainingDiverged, TrainingInterrupted, stop_on_signals
-from mt.runtime import autocast_dtype, resolve_precision, set_seed, use_device
+from mt.runtime import autocast, resolve_precision, set_seed, use_device
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
@@ -85,7 +85,6 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.precision = resolve_precision(cfg.train.precision, self.device)
-        self.autocast_dtype = autocast_dtype(self.precision)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.progress = Progress()
@@ -255,9 +254,7 @@ class Trainer:
 
     def autocast(self):
         """Mixed precision for the forward pass and the loss (``train.precision``)."""
-        if self.autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.precision)
 
     def check_nonfinite(self) -> None:
         """Read the device-side skip counters (a host sync: called only with logging,

@@ -37,7 +37,7 @@ def test_freed_memory_is_reused_without_faulting_pages_in_again():
 
 
 def test_precision_auto_is_bf16_on_gpus_that_support_it_and_fp32_elsewhere(monkeypatch):
-    from mt.runtime import autocast_dtype, resolve_precision
+    from mt.runtime import autocast, resolve_precision
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert resolve_precision("auto", cpu) == "fp32"  # bf16 was slower on the project's CPUs
@@ -46,4 +46,7 @@ def test_precision_auto_is_bf16_on_gpus_that_support_it_and_fp32_elsewhere(monke
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve_precision("auto", gpu) == "fp32"
     assert resolve_precision("fp16", cpu) == "fp16"  # an explicit choice is kept
-    assert autocast_dtype("bf16") == torch.bfloat16 and autocast_dtype("fp32") is None
+    with autocast(cpu, "bf16"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+    with autocast(cpu, "fp32"):
+        assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
