@@ -98,8 +98,13 @@ class TrainConfig:
     no loss scaling needed) or ``fp16`` (autocast with a dynamic loss scaler). Weights and
     optimizer state stay in fp32."""
     lr: float = 1.5e-3
-    """Peak learning rate, reached after ``warmup_steps`` and then decayed as 1/sqrt(step)."""
+    """Peak learning rate, reached after ``warmup_steps`` (linearly) and then decayed."""
     warmup_steps: int = 300
+    lr_decay: str = "inverse_sqrt"
+    """After the warm-up: ``inverse_sqrt`` (1/sqrt(step), whatever the budget), ``linear`` or
+    ``cosine`` (to zero when the budget is spent: the nearest of ``max_steps``, ``max_minutes``
+    and ``max_epochs``; with ``max_minutes`` the rate follows the wall clock, so a resumed run
+    is not bit-identical to an uninterrupted one). See ``mt/optim.py``."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_eps: float = 1e-9
@@ -299,6 +304,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ValueError("set at least one of train.max_steps, train.max_epochs, train.max_minutes")
     if t.lr <= 0 or t.warmup_steps < 0:
         raise ValueError(f"train.lr={t.lr} must be > 0 and train.warmup_steps >= 0")
+    if t.lr_decay not in ("inverse_sqrt", "linear", "cosine"):
+        raise ValueError(f"train.lr_decay={t.lr_decay!r} must be inverse_sqrt, linear or cosine")
     _probability("train.label_smoothing", t.label_smoothing)
     _positive(
         "data", d, ["vocab_size", "max_tokens", "spm_max_sentences", "window_pairs", "num_proc"]

@@ -44,15 +44,15 @@ class DistContext:
         if self.enabled:
             dist.barrier(group=self.control)
 
-    def any(self, flags: list[bool]) -> list[bool]:
-        """Each flag, True on every rank when it is True on at least one (e.g. a SIGTERM that
-        reached only one process, or a wall-clock limit that one rank reached a moment
-        earlier)."""
+    def max(self, values: list[float]) -> list[float]:
+        """Element-wise maximum over ranks. Flags (0/1) become True everywhere when True on one
+        rank (e.g. a SIGTERM that reached only one process, or a wall-clock limit that one rank
+        reached a moment earlier); fractions of a budget take the furthest rank's."""
         if not self.enabled:
-            return flags
-        value = torch.tensor([int(f) for f in flags], dtype=torch.int32)
-        dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.control)
-        return [bool(v) for v in value.tolist()]
+            return [float(v) for v in values]
+        tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=self.control)
+        return tensor.tolist()
 
     def sum(self, values: list[float]) -> list[float]:
         """Element-wise sum over ranks (for logging global training loss and token counts)."""

@@ -83,7 +83,12 @@ class Trainer:
             cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=self.tokenizer.pad_id
         ).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
-        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        # The budget fraction the decaying schedules follow (see budget_spent): the wall-clock
+        # part is agreed on by all ranks in the loop, so that they all use the same rate.
+        self.clock_spent = 0.0
+        self.batches_per_epoch = 0  # known once the first epoch's batches are made (not streamed)
+        self.spent = 0.0
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, lambda: self.spent)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
@@ -247,7 +252,8 @@ class Trainer:
             self.optimizer.found_inf = bad.float()  # the fused Adam kernel skips when 1
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        self.spent = self.budget_spent(self.progress.step + 1)
+        self.scheduler.step()  # the rate of the next update
         self.progress.step += 1
         self.progress.tgt_tokens += global_tgt_tokens
         return torch.where(bad, 0.0, nll_total)
@@ -389,6 +395,26 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
 
+    def budget_spent(self, steps_done: int) -> float:
+        """The fraction (0..1) of the training budget used up after ``steps_done`` updates: the
+        largest of the fractions of ``train.max_steps``, ``max_epochs`` and ``max_minutes``
+        (the limit that will end training first). Steps and epochs are exact; the clock's part
+        is the one all ranks agreed on after the previous update (``clock_spent``)."""
+        t, p = self.cfg.train, self.progress
+        spent = self.clock_spent
+        if t.max_steps is not None:
+            spent = max(spent, steps_done / t.max_steps)
+        if t.max_epochs is not None:
+            # Streamed epochs are counted whole: their number of batches is not known ahead.
+            within = p.batch_in_epoch / self.batches_per_epoch if self.batches_per_epoch else 0.0
+            spent = max(spent, (p.epoch + min(within, 1.0)) / t.max_epochs)
+        return min(spent, 1.0)
+
+    def clock_fraction(self) -> float:
+        """Fraction of ``train.max_minutes`` used so far on this rank (0 without that limit)."""
+        minutes = self.cfg.train.max_minutes
+        return (time.monotonic() - self.started) / 60 / minutes if minutes else 0.0
+
     def limit_reached(self, started: float) -> bool:
         t, p = self.cfg.train, self.progress
         if t.max_steps is not None and p.step >= t.max_steps:
@@ -420,6 +446,7 @@ class Trainer:
         t, p = self.cfg.train, self.progress
         self.interrupted = interrupted
         self.started = time.monotonic() - p.train_seconds
+        self.clock_spent = self.dist.max([self.clock_fraction()])[0]
         if p.step and self.limit_reached(self.started):
             return False  # resumed after training had ended (e.g. a crash during the test pass)
         self.bar = tqdm(
@@ -457,6 +484,8 @@ class Trainer:
         """The updates over one window's batches (the whole epoch, unless streaming). Returns
         None to go on, else whether training was stopped by a signal."""
         t, p, m, world = self.cfg.train, self.progress, self.meter, self.dist.world_size
+        if not self.cfg.data.streaming:
+            self.batches_per_epoch = len(groups)  # one window is the whole epoch
         for update in distributed.update_slices(
             len(groups), world_size=world, accum_steps=t.accum_steps
         ):
@@ -475,10 +504,12 @@ class Trainer:
                 nll, tokens = self.dist.sum([float(m.nll), m.local_tokens])
                 self.log_training(nll / tokens, m.tokens / (now - m.start))
                 m.reset(now)
-            # Every rank takes the same decisions: a limit or a signal on one stops all.
-            limit, stop = self.dist.any(
-                [self.limit_reached(self.started), self.interrupted.is_set()]
+            # Every rank takes the same decisions: a limit or a signal on one stops all, and
+            # the clock of the slowest rank sets the learning rate of all.
+            limit, stop, self.clock_spent = self.dist.max(
+                [self.limit_reached(self.started), self.interrupted.is_set(), self.clock_fraction()]
             )
+            limit, stop = bool(limit), bool(stop)
             p.train_seconds = time.monotonic() - self.started
             if p.step % t.val_every_steps == 0 or limit:
                 pause = time.monotonic()

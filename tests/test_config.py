@@ -98,6 +98,7 @@ def test_wrong_type_fails_at_compose_time():
         ("decode.beam_size=0", "beam_size=0 must be at least 1"),
         ("train.max_steps=-1", "train.max_steps=-1 must be positive"),
         ("model.dropout=1.5", "model.dropout=1.5"),
+        ("train.lr_decay=step", "train.lr_decay='step' must be inverse_sqrt, linear or cosine"),
     ],
 )
 def test_impossible_values_are_rejected_with_the_option_name(override, message):

@@ -1,13 +1,17 @@
 import math
+import time
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from mt.config import TrainConfig
+from mt.loggers import ListLogger
 from mt.loss import label_smoothed_nll
 from mt.modules.embeddings import sinusoidal_table
-from mt.optim import build_optimizer, build_scheduler, inverse_sqrt
+from mt.optim import build_optimizer, build_scheduler, inverse_sqrt, lr_multiplier
+from mt.trainer import Trainer
+from tests.conftest import small_run
 
 
 def test_without_smoothing_equals_cross_entropy_ignoring_pad():
@@ -49,6 +53,60 @@ def test_inverse_sqrt_schedule_peaks_at_warmup():
     assert lrs[0] == pytest.approx(2e-3 / 4)  # update 1
     assert lrs[3] == pytest.approx(2e-3)  # update 4 = warmup: the peak
     assert lrs[15] == pytest.approx(2e-3 * math.sqrt(4 / 16))
+
+
+def test_budget_schedules_warm_up_then_reach_zero_when_the_budget_is_spent():
+    for decay in ("linear", "cosine"):
+        assert lr_multiplier(1, 0.0, warmup_steps=10, decay=decay) == pytest.approx(0.1)
+        assert lr_multiplier(10, 0.0, warmup_steps=10, decay=decay) == pytest.approx(1.0)
+        assert lr_multiplier(500, 1.0, warmup_steps=10, decay=decay) == 0.0
+        assert lr_multiplier(500, 1.7, warmup_steps=10, decay=decay) == 0.0  # past the budget
+    assert lr_multiplier(50, 0.25, warmup_steps=10, decay="linear") == pytest.approx(0.75)
+    assert lr_multiplier(50, 0.25, warmup_steps=10, decay="cosine") == pytest.approx(
+        0.5 * (1 + math.cos(math.pi / 4))
+    )
+    # Warm-up and decay multiply: a budget spent during the warm-up lowers the ramp too.
+    assert lr_multiplier(5, 0.5, warmup_steps=10, decay="linear") == pytest.approx(0.25)
+    # inverse_sqrt ignores the budget.
+    assert lr_multiplier(400, 0.9, warmup_steps=100, decay="inverse_sqrt") == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="train.lr_decay='step'"):
+        lr_multiplier(1, 0.0, warmup_steps=1, decay="step")
+
+
+def test_scheduler_follows_the_budget_it_is_told():
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(lr=1e-3, warmup_steps=0, lr_decay="linear")
+    opt = build_optimizer(model, cfg)
+    spent = {"value": 0.0}
+    sched = build_scheduler(opt, cfg, lambda: spent["value"])
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    spent["value"] = 0.6
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.4e-3)
+
+
+def test_trainer_decays_linearly_to_zero_over_max_steps(tmp_path):
+    logger = ListLogger()
+    cfg = small_run(tmp_path, max_steps=8, warmup_steps=2, lr=1e-3, lr_decay="linear")
+    trainer = Trainer(cfg, tmp_path / "run", logger=logger)
+    trainer.fit()
+    assert trainer.progress.step == 8
+    logged = {step: m["train/lr"] for step, m in logger.records if "train/lr" in m}
+    # Logged after update k: the rate of update k+1 = peak x warm-up x (1 - k / 8).
+    assert logged[2] == pytest.approx(1e-3 * (1 - 2 / 8))
+    assert logged[6] == pytest.approx(1e-3 * (1 - 6 / 8))
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.0  # the budget is spent
+
+
+def test_wall_clock_budget_counts_for_the_decay(tmp_path):
+    cfg = small_run(tmp_path, max_steps=1000, max_epochs=None, max_minutes=2.0, lr_decay="cosine")
+    trainer = Trainer(cfg, tmp_path / "run", logger=ListLogger())
+    trainer.started = time.monotonic() - 60  # one of the two minutes gone
+    assert trainer.clock_fraction() == pytest.approx(0.5, abs=0.01)
+    trainer.clock_spent = trainer.clock_fraction()
+    assert trainer.budget_spent(10) == pytest.approx(0.5, abs=0.01)  # nearer than 10 / 1000
+    assert trainer.budget_spent(900) == pytest.approx(0.9)  # now the step limit is nearer
 
 
 def test_sinusoidal_table_matches_paper_formula():
