@@ -115,6 +115,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
+def minor_page_faults() -> int:
+    """This process's minor page faults so far: memory touched for the first time (e.g. a
+    large tensor served by fresh pages instead of reused ones)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_steps(model: nn.Module, optimizer, batches: list[Batch], device, cfg: RunConfig):
     """Seconds for training steps over ``batches`` (synchronised at the end only), in the
     precision training would use (``train.precision``; fp16's loss scaler is left out)."""
@@ -160,11 +166,14 @@ def benchmark_training(
     for model in (ours, ref):
         time_steps(model, opts[model], warm, device, cfg)
     seconds = {"ours": 0.0, "ref": 0.0}
+    faults = {"ours": 0, "ref": 0}
     peak = 0.0
     for r in range(bench.rounds):  # alternate, so that load changes hit both
         chunk = timed[r * per_round : (r + 1) * per_round]
-        seconds["ours"] += time_steps(ours, opts[ours], chunk, device, cfg)
-        seconds["ref"] += time_steps(ref, opts[ref], chunk, device, cfg)
+        for name, model in (("ours", ours), ("ref", ref)):
+            before = minor_page_faults()
+            seconds[name] += time_steps(model, opts[model], chunk, device, cfg)
+            faults[name] += minor_page_faults() - before
         # The peak is probed in every round and the best kept: one probe at a busy moment
         # would understate it (and flatter the utilisation).
         peak = max(peak, matmul_peak(device, bench.probe_size))
@@ -185,6 +194,9 @@ def benchmark_training(
         "achieved_flop_per_s": round(achieved),
         "matmul_peak_flop_per_s": round(peak),
         "utilisation": float(f"{achieved / peak:.3g}"),  # 3 significant digits
+        # Not yet steady when high: the heap still grows to fit the step's tensors.
+        "minor_page_faults_per_step": round(faults["ours"] / len(timed)),
+        "reference_minor_page_faults_per_step": round(faults["ref"] / len(timed)),
         "steps_timed": len(timed),
         "tgt_tokens_per_step": round(tgt / len(timed), 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),

@@ -66,6 +66,8 @@ def test_benchmark_writes_json(tmp_path):
     ):
         assert train[key] > 0 or key == "padding_fraction", key
     assert 0 <= train["padding_fraction"] < 1
+    assert train["minor_page_faults_per_step"] >= 0
+    assert train["reference_minor_page_faults_per_step"] >= 0
     for mode in ("greedy", "beam5"):
         assert set(data["decode"][mode]) >= {
             "sentences_per_s",
