@@ -231,6 +231,7 @@ class BenchmarkConfig:
     """``scripts/benchmark.py``: how long to measure."""
 
     warmup_steps: int = 5
+    """Untimed steps before the timed ones, which also run once untimed (steady state)."""
     train_steps: int = 5
     """Timed training steps per round; ours and the yardstick alternate for ``rounds`` rounds."""
     rounds: int = 4
