@@ -7,10 +7,12 @@ sizes: ``lr * min(step / warmup, sqrt(warmup / step))``. It never ends, so it su
 length is not known in advance.
 
 ``linear`` and ``cosine`` warm up the same way, then decay to zero at the end of the training
-budget (``train.max_steps`` / ``max_minutes`` / ``max_epochs``, whichever is nearest). For a
-fixed budget, annealing to zero by its end beats a schedule that ignores the budget (Li et al.
-2020, "Budgeted training"): the last updates take small steps into a minimum instead of
-bouncing at a rate still ~1/4 of the peak (inverse-sqrt's after 16 warm-ups).
+budget (``train.max_steps`` / ``max_minutes`` / ``max_epochs``, whichever is nearest). Li et al.
+(2020, "Budgeted training") found that annealing to zero by the end of a fixed budget beats
+schedules that ignore it: the last updates take small steps into a minimum instead of bouncing
+at a rate still ~1/4 of the peak (inverse-sqrt's after 16 warm-ups). That pays when the budget
+is long enough to converge; on a budget too short for that it starves the model of updates at
+a useful rate (README, Results: a 15-minute run scored 5.6 BLEU lower with ``linear``).
 """
 
 import math
