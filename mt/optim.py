@@ -38,11 +38,11 @@ def lr_multiplier(step: int, spent: float, *, warmup_steps: int, decay: str) -> 
     if decay == "inverse_sqrt":
         return inverse_sqrt(step, warmup_steps=warmup_steps)
     warm = min(1.0, max(step, 1) / warmup_steps) if warmup_steps else 1.0
-    left = 1.0 - min(max(spent, 0.0), 1.0)
+    spent = min(max(spent, 0.0), 1.0)
     if decay == "linear":
-        return warm * left
+        return warm * (1.0 - spent)
     if decay == "cosine":
-        return warm * 0.5 * (1.0 + math.cos(math.pi * (1.0 - left)))
+        return warm * 0.5 * (1.0 + math.cos(math.pi * spent))
     raise ValueError(f"train.lr_decay={decay!r} must be inverse_sqrt, linear or cosine")
 
 
