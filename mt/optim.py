@@ -62,15 +62,15 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 def build_scheduler(
     optimizer: torch.optim.Optimizer,
     cfg: TrainConfig,
-    budget_spent: Callable[[], float] = lambda: 0.0,
+    budget_spent: Callable[[int], float] = lambda steps_done: 0.0,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """``budget_spent()`` tells the decaying schedules how much of the budget is used up when
-    ``scheduler.step()`` sets the rate of the next update (the trainer measures it)."""
+    """``budget_spent(steps_done)`` tells the decaying schedules how much of the budget is used
+    up when ``scheduler.step()`` sets the rate of the next update (the trainer measures it)."""
     # LambdaLR calls the lambda with the number of scheduler.step() calls made so far (0 at
-    # construction); +1 makes the first update use step 1.
+    # construction), i.e. the updates done; +1 makes the first update use step 1.
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda n: lr_multiplier(
-            n + 1, budget_spent(), warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay
+            n + 1, budget_spent(n), warmup_steps=cfg.warmup_steps, decay=cfg.lr_decay
         ),
     )

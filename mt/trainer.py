@@ -83,16 +83,15 @@ class Trainer:
             cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=self.tokenizer.pad_id
         ).to(self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
+        self.progress = Progress()
         # The budget fraction the decaying schedules follow (see budget_spent): the wall-clock
         # part is agreed on by all ranks in the loop, so that they all use the same rate.
         self.clock_spent = 0.0
         self.batches_per_epoch = 0  # known once the first epoch's batches are made (not streamed)
-        self.spent = 0.0
-        self.scheduler = build_scheduler(self.optimizer, cfg.train, lambda: self.spent)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.budget_spent)
         self.precision = resolve_precision(cfg.train.precision, self.device)
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        self.progress = Progress()
         if self.dist.rank:
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)  # own dropout masks
         if state:
@@ -252,7 +251,6 @@ class Trainer:
             self.optimizer.found_inf = bad.float()  # the fused Adam kernel skips when 1
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.spent = self.budget_spent(self.progress.step + 1)
         self.scheduler.step()  # the rate of the next update
         self.progress.step += 1
         self.progress.tgt_tokens += global_tgt_tokens
@@ -407,7 +405,7 @@ class Trainer:
         if t.max_epochs is not None:
             # Streamed epochs are counted whole: their number of batches is not known ahead.
             within = p.batch_in_epoch / self.batches_per_epoch if self.batches_per_epoch else 0.0
-            spent = max(spent, (p.epoch + min(within, 1.0)) / t.max_epochs)
+            spent = max(spent, (p.epoch + within) / t.max_epochs)
         return min(spent, 1.0)
 
     def clock_fraction(self) -> float:

@@ -78,7 +78,7 @@ def test_scheduler_follows_the_budget_it_is_told():
     cfg = TrainConfig(lr=1e-3, warmup_steps=0, lr_decay="linear")
     opt = build_optimizer(model, cfg)
     spent = {"value": 0.0}
-    sched = build_scheduler(opt, cfg, lambda: spent["value"])
+    sched = build_scheduler(opt, cfg, lambda steps_done: spent["value"])
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3)
     spent["value"] = 0.6
     opt.step()
