@@ -118,6 +118,10 @@ class TrainConfig:
     val_attention_plot: bool = True
     """At each validation, log the cross-attention heatmap of the first validation sentence to
     TensorBoard (needs matplotlib)."""
+    patience: int = 0
+    """Stop when this many validations in a row have not beaten the best score (validation
+    BLEU, or loss without ``val_bleu``); 0: train until a limit. A model that has stopped
+    improving on validation gets no better with more of the budget, only older."""
     save_every_steps: int = 200
     """How often ``last.pt`` is written (it is also written at each validation)."""
     keep_last: int = 0
@@ -292,6 +296,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ValueError(f"train.precision={t.precision!r} must be auto, fp32, bf16 or fp16")
     if t.keep_last < 0:
         raise ValueError(f"train.keep_last={t.keep_last} must be 0 or more")
+    if t.patience < 0:
+        raise ValueError(f"train.patience={t.patience} must be 0 (off) or more validations")
     if t.average_last > t.keep_last:
         raise ValueError(
             f"train.average_last={t.average_last} needs train.keep_last >= {t.average_last} "

@@ -87,6 +87,7 @@ class Trainer:
         # The budget fraction the decaying schedules follow (see budget_spent): the wall-clock
         # part is agreed on by all ranks in the loop, so that they all use the same rate.
         self.clock_spent = 0.0
+        self.stopped_early = False  # by train.patience
         self.batches_per_epoch = 0  # known once the first epoch's batches are made (not streamed)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.budget_spent)
         self.precision = resolve_precision(cfg.train.precision, self.device)
@@ -381,6 +382,27 @@ class Trainer:
             p.best_score, p.best_step = current, p.step
         self.save(best=improved)
 
+    def patience_exhausted(self) -> bool:
+        """Whether the last ``train.patience`` validations all failed to beat the best score.
+
+        Called by every rank at the same points; rank 0 keeps the validation history during
+        the run, so its verdict is shared and all ranks stop together."""
+        patience, p = self.cfg.train.patience, self.progress
+        if not patience:
+            return False
+        stale = sum(1 for h in p.history if h["step"] > p.best_step)
+        if not self.dist.max([float(stale >= patience)])[0]:
+            return False
+        log.info(
+            "no better validation score in the last %d validations (best %.2f at step %d): "
+            "training stops early (train.patience=%d)",
+            stale,
+            p.best_score,
+            p.best_step,
+            patience,
+        )
+        return True
+
     def log_attention(self) -> None:
         """The first validation sentence's cross-attention (last layer) as a TensorBoard image."""
         try:
@@ -445,7 +467,8 @@ class Trainer:
         self.interrupted = interrupted
         self.started = time.monotonic() - p.train_seconds
         self.clock_spent = self.dist.max([self.clock_fraction()])[0]
-        if p.step and self.limit_reached(self.started):
+        self.stopped_early = self.patience_exhausted()
+        if p.step and (self.stopped_early or self.limit_reached(self.started)):
             return False  # resumed after training had ended (e.g. a crash during the test pass)
         self.bar = tqdm(
             total=t.max_steps,
@@ -516,6 +539,9 @@ class Trainer:
                 paused = time.monotonic() - pause
                 m.start += paused  # speeds exclude validation
                 p.validation_seconds += paused
+                if self.patience_exhausted():
+                    self.stopped_early = True
+                    return False
             elif p.step % t.save_every_steps == 0 or stop:
                 self.save()
             if limit or stop:
@@ -575,6 +601,7 @@ class Trainer:
                 "tgt_tokens_per_s": round(
                     p.tgt_tokens / max(p.train_seconds - p.validation_seconds, 1e-9), 1
                 ),
+                "stopped_early": self.stopped_early,
                 "parameters": count_parameters(self.model),
                 "device": str(self.device),
             },
