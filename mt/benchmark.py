@@ -88,10 +88,13 @@ def parameter_flops_per_step(model: Transformer, src_tokens: int, tgt_tokens: in
     return 6.0 * (enc * src_tokens + (dec + out) * tgt_tokens)
 
 
-def matmul_peak(device: torch.device, size: int, repeats: int = 10) -> float:
-    """Best-of-N FLOP/s of a square fp32 matrix multiply: what the hardware gives us."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
+def matmul_peak(
+    device: torch.device, size: int, repeats: int = 10, dtype: torch.dtype = torch.float32
+) -> float:
+    """Best-of-N FLOP/s of a square matrix multiply in ``dtype``: what the hardware gives us
+    (in the precision training runs its matmuls in)."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     best = math.inf
     for _ in range(repeats):
         _sync(device)
@@ -121,11 +124,12 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def time_steps(model: nn.Module, optimizer, batches: list[Batch], device, cfg: RunConfig):
-    """Seconds for training steps over ``batches`` (synchronised at the end only), in the
-    precision training would use (``train.precision``; fp16's loss scaler is left out)."""
+def time_steps(
+    model: nn.Module, optimizer, batches: list[Batch], device, cfg: RunConfig, precision: str
+):
+    """Seconds for training steps over ``batches`` (synchronised at the end only), in a
+    resolved ``precision`` (fp16's loss scaler is left out)."""
     model.train()
-    precision = resolve_precision(cfg.train.precision, device)
     _sync(device)
     start = time.perf_counter()
     for batch in batches:
@@ -167,20 +171,28 @@ def benchmark_training(
     # batch shape may grow the heap and fault fresh pages in; a training run pays that in its
     # first minutes only. (Measured: the yardstick still faulted ~2,400 pages per timed step
     # after 5 warm-up steps, ours none; ``minor_page_faults_per_step`` shows it.)
-    for model in (ours, ref):
-        time_steps(model, opts[model], warm + timed, device, cfg)
-    seconds = {"ours": 0.0, "ref": 0.0}
-    faults = {"ours": 0, "ref": 0}
+    # Training's precision (``train.precision``, ``auto`` resolved). When that is not fp32,
+    # our model is also timed in fp32 in the same rounds: what the lower precision buys here.
+    precision = resolve_precision(cfg.train.precision, device)
+    runs = [("ours", ours, precision), ("ref", ref, precision)]
+    if precision != "fp32":
+        runs.append(("ours_fp32", ours, "fp32"))
+    for _, model, prec in runs:
+        time_steps(model, opts[model], warm + timed, device, cfg, prec)
+    # Under bf16/fp16 autocast the matmuls run in that dtype: the peak is probed in it too.
+    matmul_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    seconds = {name: 0.0 for name, _, _ in runs}
+    faults = {name: 0 for name, _, _ in runs}
     peak = 0.0
-    for r in range(bench.rounds):  # alternate, so that load changes hit both
+    for r in range(bench.rounds):  # alternate, so that load changes hit all
         chunk = timed[r * per_round : (r + 1) * per_round]
-        for name, model in (("ours", ours), ("ref", ref)):
+        for name, model, prec in runs:
             before = minor_page_faults()
-            seconds[name] += time_steps(model, opts[model], chunk, device, cfg)
+            seconds[name] += time_steps(model, opts[model], chunk, device, cfg, prec)
             faults[name] += minor_page_faults() - before
         # The peak is probed in every round and the best kept: one probe at a busy moment
         # would understate it (and flatter the utilisation).
-        peak = max(peak, matmul_peak(device, bench.probe_size))
+        peak = max(peak, matmul_peak(device, bench.probe_size, dtype=matmul_dtype))
     tgt = sum(b.n_tgt_tokens for b in timed)
     src = sum(int((b.src != 0).sum()) for b in timed)
     padded = sum(b.src.numel() + b.tgt_out.numel() for b in timed)
@@ -202,6 +214,14 @@ def benchmark_training(
         "minor_page_faults_per_step": round(faults["ours"] / len(timed)),
         "reference_minor_page_faults_per_step": round(faults["ref"] / len(timed)),
         "steps_timed": len(timed),
+        **(
+            {
+                "fp32_tgt_tokens_per_s": round(tgt / seconds["ours_fp32"], 1),
+                "speedup_vs_fp32": round(seconds["ours_fp32"] / seconds["ours"], 3),
+            }
+            if "ours_fp32" in seconds
+            else {}
+        ),
         "tgt_tokens_per_step": round(tgt / len(timed), 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
     }

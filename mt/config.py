@@ -94,7 +94,8 @@ class TrainConfig:
     """``torch.compile`` the training forward pass (fuses element-wise work; compiles once,
     with dynamic shapes, before the first update)."""
     precision: str = "auto"
-    """``auto`` (bf16 on a CUDA GPU that supports it, else fp32), ``fp32``, ``bf16`` (autocast,
+    """``auto`` (bf16 on a CUDA GPU that supports it and on a CPU whose bf16 matrix multiplies
+    are measured to be fast, else fp32; see ``mt/runtime.py``), ``fp32``, ``bf16`` (autocast,
     no loss scaling needed) or ``fp16`` (autocast with a dynamic loss scaler). Weights and
     optimizer state stay in fp32."""
     lr: float = 1.5e-3

@@ -174,6 +174,9 @@ def run_ours(cfg: RunConfig, steps: int, report_every: int, out: Path) -> list[f
         progress_bar=False,
         test_at_end=False,
         resume=None,
+        # OpenNMT-py trains in fp32 on a CPU: ``auto`` (bf16 on CPUs with bf16 units) would
+        # compare different arithmetic. An explicit train.precision is kept.
+        precision="fp32" if cfg.train.precision == "auto" else cfg.train.precision,
     )
     trainer = Trainer(dataclasses.replace(cfg, train=train), out)
     try:

@@ -90,7 +90,8 @@ class Trainer:
         self.stopped_early = False  # by train.patience
         self.batches_per_epoch = 0  # known once the first epoch's batches are made (not streamed)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.budget_spent)
-        self.precision = resolve_precision(cfg.train.precision, self.device)
+        # Rank 0's choice for all: ``auto`` may time a probe on CPUs, and ranks must agree.
+        self.precision = self.dist.gather(resolve_precision(cfg.train.precision, self.device))[0]
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         if self.dist.rank:

@@ -108,6 +108,7 @@ def small_run(tmp_path, model: dict | None = None, **train) -> RunConfig:
                     val_bleu=False,
                     progress_bar=False,
                     max_minutes=None,
+                    precision="fp32",  # comparisons at fp32 tolerances, on any CPU
                 ),
                 **train,
             }

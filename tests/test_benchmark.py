@@ -38,6 +38,7 @@ def test_benchmark_writes_json(tmp_path):
             *synthetic_corpus_overrides(tmp_path),
             f"checkpoint={ckpt}",
             "train.batch_tokens=300",
+            "train.precision=bf16",  # also times fp32, for the ratio
             "bench.warmup_steps=1",
             "bench.train_steps=1",
             "bench.rounds=2",
@@ -63,6 +64,8 @@ def test_benchmark_writes_json(tmp_path):
         "matmul_peak_flop_per_s",
         "utilisation",
         "peak_memory_mb",
+        "fp32_tgt_tokens_per_s",
+        "speedup_vs_fp32",
     ):
         assert train[key] > 0 or key == "padding_fraction", key
     assert 0 <= train["padding_fraction"] < 1
@@ -76,6 +79,7 @@ def test_benchmark_writes_json(tmp_path):
             "bleu",
             "peak_memory_mb",
         }
+    assert data["precision"] == "bf16"
     assert data["model"]["d_model"] == 16  # the checkpoint's architecture was measured
     assert "train.tgt_tokens_per_s" in result.stdout
     pipeline = data["data_pipeline"]

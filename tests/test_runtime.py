@@ -36,11 +36,15 @@ def test_freed_memory_is_reused_without_faulting_pages_in_again():
     assert _page_faults(5) < 1000
 
 
-def test_precision_auto_is_bf16_on_gpus_that_support_it_and_fp32_elsewhere(monkeypatch):
+def test_precision_auto_is_bf16_where_bf16_matmuls_are_fast(monkeypatch):
+    from mt import runtime
     from mt.runtime import autocast, resolve_precision
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision("auto", cpu) == "fp32"  # bf16 was slower on the project's CPUs
+    monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"  # emulated bf16 is slower than fp32
+    monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16"  # bf16 units: ~4x the matmul rate
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("auto", gpu) == "bf16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
@@ -50,3 +54,15 @@ def test_precision_auto_is_bf16_on_gpus_that_support_it_and_fp32_elsewhere(monke
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(cpu, "fp32"):
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_cpu_bf16_probe_compares_measured_matmul_times(monkeypatch):
+    from mt import runtime
+
+    assert runtime.matmul_seconds(torch.bfloat16, size=64, repeats=1) > 0
+    for bf16_seconds, expected in ((1.0, True), (2.5, False)):  # fp32 takes 3 s
+        runtime.cpu_bf16_is_fast.cache_clear()
+        fake = {torch.float32: 3.0, torch.bfloat16: bf16_seconds}
+        monkeypatch.setattr(runtime, "matmul_seconds", fake.__getitem__)
+        assert runtime.cpu_bf16_is_fast() is expected
+    runtime.cpu_bf16_is_fast.cache_clear()
