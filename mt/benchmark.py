@@ -24,9 +24,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from mt.batching import Batch
 from mt.checkpoint import LoadedModel, load_model
 from mt.config import BenchmarkConfig, BenchmarkRunConfig, RunConfig
-from mt.data import Batch, load_split, prepare_data
+from mt.data import load_split
 from mt.data_benchmark import benchmark_data_pipeline
 from mt.loss import label_smoothed_nll
 from mt.masks import causal_mask
@@ -34,6 +35,7 @@ from mt.metrics import score
 from mt.model import Transformer, build_model
 from mt.modules.embeddings import PositionalEncoding, TokenEmbedding
 from mt.optim import build_optimizer
+from mt.prepare import prepare_data
 from mt.runtime import autocast, resolve_precision, set_seed, use_device
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from mt import distributed
 from mt.attention_plot import cross_attention, plot
+from mt.batching import Batch, ParallelData
 from mt.checkpoint import (
     average_checkpoints,
     load_checkpoint,
@@ -39,12 +40,13 @@ from mt.checkpoint import (
     save_checkpoint,
 )
 from mt.config import RunConfig
-from mt.data import Batch, EvalSet, ParallelData, PreparedData, prepare_data
+from mt.data import EvalSet, PreparedData
 from mt.loggers import ConsoleLogger, MetricLogger, MultiLogger, TensorBoardLogger
 from mt.loss import label_smoothed_nll
 from mt.metrics import score
 from mt.model import build_model, count_parameters
 from mt.optim import build_optimizer, build_scheduler
+from mt.prepare import prepare_data
 from mt.progress import Meter, Progress, TrainingDiverged, TrainingInterrupted, stop_on_signals
 from mt.runtime import autocast, resolve_precision, set_seed, use_device
 from mt.tokenizer import Tokenizer

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mt.data import clean_line, pad
+from mt.batching import pad
+from mt.data import clean_line
 from mt.model import Transformer
 from mt.search import SpecialIds, beam_search, greedy_search
 from mt.tokenizer import Tokenizer

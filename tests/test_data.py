@@ -5,15 +5,12 @@ import json
 import numpy as np
 import pytest
 
+from mt.batching import ParallelData, collate, pad, token_batches
 from mt.config import DataConfig
 from mt.data import (
-    ParallelData,
-    collate,
     ensure_split_files,
     filter_training_pairs,
     load_split,
-    pad,
-    token_batches,
     tokenize,
 )
 from tests.conftest import synthetic_sentences, write_corpus

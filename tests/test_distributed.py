@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from mt.batching import collate
 from mt.checkpoint import load_checkpoint
-from mt.data import collate
 from mt.distributed import update_slices
 from mt.loggers import ListLogger
 from mt.trainer import Trainer

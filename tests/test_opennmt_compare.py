@@ -8,7 +8,6 @@ import textwrap
 
 import pytest
 
-from mt.data import prepare_data
 from mt.opennmt_compare import (
     compare_with_opennmt,
     export_pieces,
@@ -16,6 +15,7 @@ from mt.opennmt_compare import (
     parse_opennmt_log,
     steady,
 )
+from mt.prepare import prepare_data
 from tests.conftest import small_run
 
 # Two report lines in OpenNMT-py 3.5's format.

@@ -1,0 +1,27 @@
+"""A run's data: the held-out splits checked first, then the training split in memory
+(mt/data.py) or streamed from disk (mt/streaming.py, ``data.streaming=true``).
+
+The one entry point the trainer and the benchmark call; it sits above both ways of holding
+the training split, so neither has to know the other.
+"""
+
+from mt.config import DataConfig
+from mt.data import PreparedData, ensure_split_files, prepare_in_memory
+from mt.streaming import prepare_streaming
+from mt.tokenizer import Tokenizer
+
+
+def prepare_data(
+    cfg: DataConfig, *, seed: int = 1, tokenizer: Tokenizer | None = None
+) -> PreparedData:
+    """Tokenizer (trained on the training split unless given, as when resuming), training data
+    and the tokenised validation and test splits.
+
+    The held-out files are looked for first, so a missing one fails before the (slower)
+    tokenizer training rather than after training.
+    """
+    if not cfg.hub_name:
+        for split in (cfg.val_split, cfg.test_split):
+            ensure_split_files(cfg, split)
+    prepare = prepare_streaming if cfg.streaming else prepare_in_memory
+    return prepare(cfg, seed=seed, tokenizer=tokenizer)
