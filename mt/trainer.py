@@ -30,7 +30,6 @@ import torch
 from tqdm import tqdm
 
 from mt import distributed
-from mt.attention_plot import cross_attention, plot
 from mt.batching import Batch, ParallelData
 from mt.checkpoint import (
     average_checkpoints,
@@ -40,17 +39,16 @@ from mt.checkpoint import (
     save_checkpoint,
 )
 from mt.config import RunConfig
-from mt.data import EvalSet, PreparedData
+from mt.data import PreparedData
 from mt.loggers import ConsoleLogger, MetricLogger, MultiLogger, TensorBoardLogger
 from mt.loss import label_smoothed_nll
-from mt.metrics import score
 from mt.model import build_model, count_parameters
 from mt.optim import build_optimizer, build_scheduler
 from mt.prepare import prepare_data
 from mt.progress import Meter, Progress, TrainingDiverged, TrainingInterrupted, stop_on_signals
 from mt.runtime import autocast, resolve_precision, set_seed, use_device
 from mt.tokenizer import Tokenizer
-from mt.translator import Translator
+from mt.validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +82,7 @@ class Trainer:
         self.model = build_model(
             cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=self.tokenizer.pad_id
         ).to(self.device)
+        self.validator = Validator(self.model, self.tokenizer, self.data, cfg, self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.progress = Progress()
         # The budget fraction the decaying schedules follow (see budget_spent): the wall-clock
@@ -289,80 +288,9 @@ class Trainer:
 
     # -- validation -------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def evaluate_loss(self, eval_set: EvalSet) -> float:
-        """Per-token NLL (no smoothing) with teacher forcing."""
-        self.model.eval()
-        total, n_tokens = 0.0, 0
-        for batch in eval_set.ids.batches(self.cfg.train.batch_tokens):
-            batch = batch.to(self.device)
-            logits = self.model(batch.src, batch.tgt_in)
-            _, nll_sum, _ = label_smoothed_nll(
-                logits, batch.tgt_out, epsilon=0.0, pad_id=self.tokenizer.pad_id
-            )
-            total += float(nll_sum)
-            n_tokens += batch.n_tgt_tokens
-        return total / max(n_tokens, 1)
-
-    def translator(self, beam_size: int) -> Translator:
-        dec = self.cfg.decode
-        return Translator(
-            self.model,
-            self.tokenizer,
-            beam_size=beam_size,
-            length_penalty=dec.length_penalty,
-            max_len_a=dec.max_len_a,
-            max_len_b=dec.max_len_b,
-            batch_tokens=dec.batch_tokens,
-        )
-
     def validate(self) -> dict[str, float]:
-        val = self.data.val
-        loss = self.evaluate_loss(val)
-        metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
-        if self.cfg.train.val_bleu:
-            hyps = self.translator(beam_size=1).translate(val.sources)
-            scores = score(hyps, val.references)
-            metrics.update({"val/bleu": scores.bleu, "val/chrf": scores.chrf})
-        return metrics
-
-    # -- checkpoints ------------------------------------------------------------------------------
-
-    def rng_state(self) -> dict:
-        return {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-        }
-
-    def checkpoint_payload(self, rng_states: list[dict]) -> dict:
-        return {
-            **model_payload(self.model, self.cfg, self.tokenizer),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "progress": asdict(self.progress),
-            "rng": {**rng_states[0], "ranks": rng_states},  # every rank's, in rank order
-        }
-
-    def save(self, *, best: bool = False) -> None:
-        """Write ``last.pt`` (and ``best.pt``, and a numbered copy when ``keep_last`` > 0).
-
-        Called on every rank at the same step: each contributes its RNG state, rank 0 writes.
-        """
-        self.check_nonfinite()
-        rng_states = self.dist.gather(self.rng_state())
-        if not self.dist.is_main:
-            return
-        payload = self.checkpoint_payload(rng_states)
-        save_checkpoint(self.run_dir / "last.pt", payload)
-        if best:
-            save_checkpoint(self.run_dir / "best.pt", payload)
-        keep = self.cfg.train.keep_last
-        if keep > 0:
-            save_checkpoint(self.run_dir / f"step_{self.progress.step}.pt", payload)
-            numbered = sorted(self.run_dir.glob("step_*.pt"), key=lambda q: int(q.stem[5:]))
-            for old in numbered[:-keep]:
-                old.unlink()
+        """Validation loss (and greedy BLEU): see :class:`mt.validation.Validator`."""
+        return self.validator.validate()
 
     def validate_and_save(self) -> None:
         """Rank 0 validates (the others wait in ``save``); then every rank takes part in
@@ -409,12 +337,50 @@ class Trainer:
     def log_attention(self) -> None:
         """The first validation sentence's cross-attention (last layer) as a TensorBoard image."""
         try:
-            figure = plot(cross_attention(self.translator(beam_size=1), self.data.val.sources[0]))
+            figure = self.validator.attention_figure()
         except ImportError:
             log.warning("matplotlib is not installed: no attention heatmaps in TensorBoard")
             self.cfg.train.val_attention_plot = False
             return
         self.logger.log_figure("val/cross_attention", figure, self.progress.step)
+
+    # -- checkpoints ------------------------------------------------------------------------------
+
+    def rng_state(self) -> dict:
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+        }
+
+    def checkpoint_payload(self, rng_states: list[dict]) -> dict:
+        return {
+            **model_payload(self.model, self.cfg, self.tokenizer),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "progress": asdict(self.progress),
+            "rng": {**rng_states[0], "ranks": rng_states},  # every rank's, in rank order
+        }
+
+    def save(self, *, best: bool = False) -> None:
+        """Write ``last.pt`` (and ``best.pt``, and a numbered copy when ``keep_last`` > 0).
+
+        Called on every rank at the same step: each contributes its RNG state, rank 0 writes.
+        """
+        self.check_nonfinite()
+        rng_states = self.dist.gather(self.rng_state())
+        if not self.dist.is_main:
+            return
+        payload = self.checkpoint_payload(rng_states)
+        save_checkpoint(self.run_dir / "last.pt", payload)
+        if best:
+            save_checkpoint(self.run_dir / "best.pt", payload)
+        keep = self.cfg.train.keep_last
+        if keep > 0:
+            save_checkpoint(self.run_dir / f"step_{self.progress.step}.pt", payload)
+            numbered = sorted(self.run_dir.glob("step_*.pt"), key=lambda q: int(q.stem[5:]))
+            for old in numbered[:-keep]:
+                old.unlink()
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -622,9 +588,7 @@ class Trainer:
         chosen, averaged = self.choose_final_checkpoint()
         load_weights(self.model, load_checkpoint(chosen)["model"], source=str(chosen))
         dec, test = self.cfg.decode, self.data.test
-        hyps = self.translator(beam_size=dec.beam_size).translate(test.sources)
-        (self.run_dir / f"{test.name}.hyp").write_text("".join(h + "\n" for h in hyps))
-        test_scores = score(hyps, test.references)
+        test_scores = self.validator.test(self.run_dir)
         self.logger.log_dict(
             {"test/bleu": test_scores.bleu, "test/chrf": test_scores.chrf}, self.progress.step
         )

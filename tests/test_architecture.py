@@ -37,6 +37,7 @@ LAYERS = [
     "mt.attention_plot",
     "mt.interactive",
     "mt.evaluation",
+    "mt.validation",
     "mt.trainer",
     "mt.data_benchmark",
     "mt.opennmt_compare",

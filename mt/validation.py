@@ -1,0 +1,83 @@
+"""Scoring a model while it trains: validation loss and greedy BLEU, the cross-attention of a
+fixed sentence, and the test split translated once at the end.
+
+Kept apart from the loop (mt/trainer.py) because none of it changes the weights: it reads the
+model in eval mode, in fp32, under ``inference_mode``.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mt.attention_plot import cross_attention, plot
+from mt.config import RunConfig
+from mt.data import EvalSet, PreparedData
+from mt.loss import label_smoothed_nll
+from mt.metrics import Scores, score
+from mt.tokenizer import Tokenizer
+from mt.translator import Translator
+
+
+@dataclass
+class Validator:
+    """Scores ``model`` on the prepared splits with the run's decoding settings."""
+
+    model: torch.nn.Module
+    tokenizer: Tokenizer
+    data: PreparedData
+    cfg: RunConfig
+    device: torch.device
+
+    @torch.inference_mode()
+    def loss(self, eval_set: EvalSet) -> float:
+        """Per-token NLL (no smoothing) with teacher forcing."""
+        self.model.eval()
+        total, n_tokens = 0.0, 0
+        for batch in eval_set.ids.batches(self.cfg.train.batch_tokens):
+            batch = batch.to(self.device)
+            logits = self.model(batch.src, batch.tgt_in)  # (B, T, V)
+            _, nll_sum, _ = label_smoothed_nll(
+                logits, batch.tgt_out, epsilon=0.0, pad_id=self.tokenizer.pad_id
+            )
+            total += float(nll_sum)
+            n_tokens += batch.n_tgt_tokens
+        return total / max(n_tokens, 1)
+
+    def translator(self, beam_size: int) -> Translator:
+        dec = self.cfg.decode
+        return Translator(
+            self.model,
+            self.tokenizer,
+            beam_size=beam_size,
+            length_penalty=dec.length_penalty,
+            max_len_a=dec.max_len_a,
+            max_len_b=dec.max_len_b,
+            batch_tokens=dec.batch_tokens,
+        )
+
+    def validate(self) -> dict[str, float]:
+        """Loss and perplexity; greedy BLEU and chrF too with ``train.val_bleu`` (which then
+        selects ``best.pt``: cheap enough to run at every validation, and what is reported)."""
+        val = self.data.val
+        loss = self.loss(val)
+        metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+        if self.cfg.train.val_bleu:
+            hyps = self.translator(beam_size=1).translate(val.sources)
+            scores = score(hyps, val.references)
+            metrics.update({"val/bleu": scores.bleu, "val/chrf": scores.chrf})
+        return metrics
+
+    def attention_figure(self):
+        """The first validation sentence's cross-attention (last layer) as a figure; raises
+        ImportError without matplotlib."""
+        return plot(cross_attention(self.translator(beam_size=1), self.data.val.sources[0]))
+
+    def test(self, out_dir: Path) -> Scores:
+        """Translate the test split with the run's beam settings, write the hypotheses to
+        ``out_dir / <split>.hyp`` and score them."""
+        test = self.data.test
+        hyps = self.translator(beam_size=self.cfg.decode.beam_size).translate(test.sources)
+        (out_dir / f"{test.name}.hyp").write_text("".join(h + "\n" for h in hyps))
+        return score(hyps, test.references)
