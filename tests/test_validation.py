@@ -1,0 +1,54 @@
+"""Scoring during training (mt/validation.py): the validation loss is the per-token NLL of the
+model's own forward pass, BLEU is scored on the raw references, and the test pass writes what
+it scored."""
+
+import math
+
+import torch
+
+from mt.metrics import score
+from mt.model import build_model
+from mt.prepare import prepare_data
+from mt.validation import Validator
+from tests.conftest import small_run
+
+
+def make_validator(tmp_path, **train) -> Validator:
+    cfg = small_run(tmp_path, **train)
+    data = prepare_data(cfg.data, seed=cfg.seed)
+    model = build_model(cfg.model, vocab_size=data.tokenizer.vocab_size, pad_id=0)
+    return Validator(model, data.tokenizer, data, cfg, torch.device("cpu"))
+
+
+def test_loss_is_the_mean_nll_of_real_target_tokens(tmp_path):
+    validator = make_validator(tmp_path)
+    model, val = validator.model, validator.data.val
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in val.ids.batches(10_000):
+            log_probs = model(batch.src, batch.tgt_in).log_softmax(-1)  # (B, T, V)
+            picked = log_probs.gather(-1, batch.tgt_out[..., None]).squeeze(-1)  # (B, T)
+            real = batch.tgt_out != 0
+            total -= float(picked[real].sum())
+            count += int(real.sum())
+    assert math.isclose(validator.loss(val), total / count, rel_tol=1e-5)
+
+
+def test_validate_scores_bleu_only_when_asked(tmp_path):
+    without = make_validator(tmp_path, val_bleu=False).validate()
+    assert set(without) == {"val/loss", "val/ppl"}
+    assert math.isclose(without["val/ppl"], math.exp(without["val/loss"]), rel_tol=1e-9)
+    validator = make_validator(tmp_path, val_bleu=True)
+    metrics = validator.validate()
+    hyps = validator.translator(beam_size=1).translate(validator.data.val.sources)
+    expected = score(hyps, validator.data.val.references)
+    assert metrics["val/bleu"] == expected.bleu and metrics["val/chrf"] == expected.chrf
+
+
+def test_test_pass_writes_the_hypotheses_it_scored(tmp_path):
+    validator = make_validator(tmp_path)
+    scores = validator.test(tmp_path)
+    written = (tmp_path / f"{validator.data.test.name}.hyp").read_text().splitlines()
+    assert len(written) == len(validator.data.test.sources)
+    assert scores.bleu == score(written, validator.data.test.references).bleu
