@@ -32,9 +32,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     matrix multiplies are clearly faster than fp32 ones (:func:`cpu_bf16_is_fast`); else
     ``fp32``.
 
-    Why measure on CPUs: with bf16 dot-product units (AVX512-BF16, AMX) a training step of the
-    tiny model ran 1.7x faster in bf16 (benchmarks/README); without them the casts cost more
-    than the emulated bf16 matmuls save (~25% slower). Weights, optimizer state and the loss
+    Why measure on CPUs: with bf16 dot-product units (AVX512-BF16, AMX) the tiny model trained
+    2.4x faster in bf16 (benchmarks/README, 2026-11-26b); without them the casts cost more than
+    the emulated bf16 matmuls save (~25% slower). Weights, optimizer state and the loss
     stay fp32 either way. fp16 is never chosen automatically: it needs a loss scaler and can
     still overflow.
     """

@@ -96,3 +96,16 @@ def test_capture_attention_returns_real_weights_and_restores_fast_path():
     torch.testing.assert_close(cross.sum(-1), torch.ones(2, 2, 4))
     assert torch.all(cross[1, :, :, 3:] == 0)
     assert all(not m.need_weights for m in model.modules() if isinstance(m, MultiHeadAttention))
+
+
+def test_fused_path_under_cpu_bf16_autocast_attends_in_fp32_and_returns_bf16():
+    mha = MultiHeadAttention(d_model=16, n_heads=4)
+    x, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16, requires_grad=True)
+    mask = padding_mask(torch.tensor([[False] * 7, [False] * 4 + [True] * 3]))
+    reference, _ = mha(x, mem, mask=mask)  # fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = mha(x, mem, mask=mask)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)  # bf16 matmuls
+    out.float().sum().backward()  # gradients flow through the fp32 attention
+    assert mem.grad is not None and torch.isfinite(mem.grad).all()

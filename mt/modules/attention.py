@@ -133,8 +133,24 @@ class MultiHeadAttention(nn.Module):
                 causal = causal_mask(q.size(2), q.device)
                 mask = causal if mask is None else mask & causal
             return scaled_dot_product_attention(q, k, v, mask, dropout_p)
+        causal_only = is_causal and mask is None
+        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
+            # PyTorch's CPU flash-attention kernels are slow in bf16: its backward took 31% of a
+            # bf16 training step of the tiny model, against 4.5% for fwd + bwd in fp32
+            # (benchmarks/README.md). So on a CPU attention runs in fp32 and casts back; the
+            # (B, H, T, Dh) casts are small next to the matmuls they keep in bf16.
+            with torch.autocast("cpu", enabled=False):
+                out = F.scaled_dot_product_attention(
+                    q.float(),
+                    k.float(),
+                    v.float(),
+                    attn_mask=mask,
+                    dropout_p=dropout_p,
+                    is_causal=causal_only,
+                )
+            return out.to(q.dtype), None
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal and mask is None
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal_only
         )
         return out, None
 
