@@ -107,7 +107,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, tmp: str, run_dir: str, train: dict, out: str):
+def as_rank(rank: int, world: int, port: int) -> None:
+    """Make this spawned process rank ``rank`` of ``world`` for torch.distributed (gloo, one
+    thread each, so that the ranks do not fight over the cores)."""
     os.environ.update(
         RANK=str(rank),
         LOCAL_RANK=str(rank),
@@ -116,6 +118,10 @@ def _worker(rank: int, world: int, port: int, tmp: str, run_dir: str, train: dic
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, tmp: str, run_dir: str, train: dict, out: str):
+    as_rank(rank, world, port)
     logger = ListLogger()
     trainer = Trainer(small_run(Path(tmp), model=NO_DROPOUT, **train), run_dir, logger=logger)
     try:

@@ -2,18 +2,16 @@
 once, and a resumed run that had stopped early does not train on."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import torch
 import torch.multiprocessing as mp
 
 from mt.config import RunConfig, TrainConfig, validate_run_config
 from mt.loggers import ListLogger
 from mt.trainer import Trainer
 from tests.conftest import small_run
-from tests.test_distributed import free_port
+from tests.test_distributed import as_rank, free_port
 
 # Validation losses at steps 2, 4, 6, ...: the best (2.0) at step 4, then two that are worse.
 SCRIPTED_LOSSES = [3.0, 2.0, 2.5, 2.2, 1.0, 0.5, 0.4, 0.3]
@@ -62,14 +60,7 @@ def test_negative_patience_is_rejected():
 
 
 def _worker(rank: int, world: int, port: int, tmp: str, out: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    as_rank(rank, world, port)
     script_validation(Trainer)  # only rank 0 validates; the others learn its verdict
     cfg = small_run(Path(tmp), max_steps=100, val_every_steps=2, patience=2)
     trainer = Trainer(cfg, Path(tmp) / "run", logger=ListLogger())
