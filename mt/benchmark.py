@@ -36,7 +36,15 @@ from mt.model import Transformer, build_model
 from mt.modules.embeddings import PositionalEncoding, TokenEmbedding
 from mt.optim import build_optimizer
 from mt.prepare import prepare_data
-from mt.runtime import autocast, resolve_precision, set_seed, use_device
+from mt.runtime import (
+    autocast,
+    matmul_seconds,
+    precision_dtype,
+    resolve_precision,
+    set_seed,
+    sync,
+    use_device,
+)
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
@@ -95,21 +103,7 @@ def matmul_peak(
 ) -> float:
     """Best-of-N FLOP/s of a square matrix multiply in ``dtype``: what the hardware gives us
     (in the precision training runs its matmuls in)."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    best = math.inf
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return 2 * size**3 / matmul_seconds(dtype, size, repeats, device)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -132,7 +126,7 @@ def time_steps(
     """Seconds for training steps over ``batches`` (synchronised at the end only), in a
     resolved ``precision`` (fp16's loss scaler is left out)."""
     model.train()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     for batch in batches:
         batch = batch.to(device)
@@ -147,7 +141,7 @@ def time_steps(
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -169,20 +163,20 @@ def benchmark_training(
     needed = bench.warmup_steps + bench.rounds * per_round
     batches = (batches * math.ceil(needed / len(batches)))[:needed]
     warm, timed = batches[: bench.warmup_steps], batches[bench.warmup_steps :]
-    # Steady state: each model first runs every timed batch once, untimed. A step with a new
-    # batch shape may grow the heap and fault fresh pages in; a training run pays that in its
-    # first minutes only. (Measured: the yardstick still faulted ~2,400 pages per timed step
-    # after 5 warm-up steps, ours none; ``minor_page_faults_per_step`` shows it.)
     # Training's precision (``train.precision``, ``auto`` resolved). When that is not fp32,
     # our model is also timed in fp32 in the same rounds: what the lower precision buys here.
     precision = resolve_precision(cfg.train.precision, device)
     runs = [("ours", ours, precision), ("ref", ref, precision)]
     if precision != "fp32":
         runs.append(("ours_fp32", ours, "fp32"))
+    # Steady state: each model first runs every timed batch once, untimed. A step with a new
+    # batch shape may grow the heap and fault fresh pages in; a training run pays that in its
+    # first minutes only. (Measured: the yardstick still faulted ~2,400 pages per timed step
+    # after 5 warm-up steps, ours none; ``minor_page_faults_per_step`` shows it.)
     for _, model, prec in runs:
         time_steps(model, opts[model], warm + timed, device, cfg, prec)
     # Under bf16/fp16 autocast the matmuls run in that dtype: the peak is probed in it too.
-    matmul_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    matmul_dtype = precision_dtype(precision)
     seconds = {name: 0.0 for name, _, _ in runs}
     faults = {name: 0 for name, _, _ in runs}
     peak = 0.0

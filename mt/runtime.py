@@ -62,23 +62,44 @@ def cpu_bf16_is_fast() -> bool:
     return fp32 >= BF16_MIN_SPEEDUP * matmul_seconds(torch.bfloat16)
 
 
-def matmul_seconds(dtype: torch.dtype, size: int = 1024, repeats: int = 3) -> float:
-    """Best-of-``repeats`` seconds of one (size x size) @ (size x size) multiply on the CPU."""
-    a = torch.randn(size, size).to(dtype)
-    b = torch.randn(size, size).to(dtype)
+def matmul_seconds(
+    dtype: torch.dtype,
+    size: int = 1024,
+    repeats: int = 3,
+    device: torch.device | None = None,
+) -> float:
+    """Best-of-``repeats`` seconds of one (size x size) @ (size x size) multiply on ``device``
+    (the CPU by default; synchronised on a GPU)."""
+    device = device or torch.device("cpu")
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
     a @ b  # first call: kernel selection and buffers
     best = math.inf
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         a @ b
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (GPU); a no-op on a CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def precision_dtype(precision: str) -> torch.dtype:
+    """The dtype a resolved precision runs its matmuls in."""
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     """The forward pass's context for a resolved precision: autocast to bf16/fp16, or nothing."""
-    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=precision_dtype(precision))
 
 
 def use_device(name: str) -> torch.device:
