@@ -5,11 +5,18 @@ number of target tokens in the whole update (the same normalisation for any batc
 number of gradient-accumulation steps).
 
 The loss has its own backward: the gradient with respect to the logits is
-``softmax(logits) - q`` (q the smoothed target distribution). The forward pass keeps the
-exponentiated logits it computes for the normaliser anyway, and the backward turns them into
-the gradient in place: two passes over the (N, V) logits and no new (N, V) tensor. Composed
-from log_softmax, gather and mean, autograd would make several full-size passes and
-temporaries; on a CPU that was about a quarter of a training step.
+``weight * (softmax(logits) - q)`` (q the smoothed target distribution). The (N, V) logits are
+the largest tensor of a step and the loss's work on them is pure memory traffic, so both
+passes walk them in blocks of rows small enough to stay in cache:
+
+- forward: each block is read once (and widened to float32 when it arrives in bf16/fp16
+  under autocast), its log-sum-exp, mean and target logit are taken in float32, and its
+  softmax is written to a buffer in the logits' own dtype (kept for backward);
+- backward: each block of that buffer becomes the gradient in place.
+
+So a bf16 step moves the logits about four times at bf16 width instead of about ten times at
+float32 width (a float32 copy, separate max / exp / sum / mean passes, two in-place passes
+and a cast back). Under ``no_grad`` (validation) no softmax is written at all.
 
 Legend: B batch, T target length, N = B*T positions, V vocabulary.
 """
@@ -17,22 +24,49 @@ Legend: B batch, T target length, N = B*T positions, V vocabulary.
 import torch
 from torch import Tensor
 
+# Values per block: on a CPU 2**19 float32 values (2 MiB) stay in a core's cache; a GPU wants
+# few, large kernels, and blocks there only bound the float32 temporaries (256 MiB).
+CPU_BLOCK_VALUES = 2**19
+GPU_BLOCK_VALUES = 2**26
+
+
+def _block_rows(logits: Tensor) -> int:
+    values = CPU_BLOCK_VALUES if logits.device.type == "cpu" else GPU_BLOCK_VALUES
+    return max(1, values // logits.size(-1))
+
 
 class _SmoothedCrossEntropy(torch.autograd.Function):
     """(N, V) logits, (N,) targets -> summed smoothed loss and summed NLL over real tokens."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor, epsilon: float, pad_id: int):
-        peak = logits.amax(dim=-1, keepdim=True)  # (N, 1), for a stable exp
-        exp = torch.sub(logits, peak).exp_()  # (N, V), kept for backward
-        total = exp.sum(dim=-1)  # (N,)
-        lse = peak.squeeze(1) + total.log()  # log-sum-exp, (N,)
-        nll = lse - logits.gather(1, target[:, None]).squeeze(1)  # -log p(target), (N,)
-        smooth = lse - logits.mean(dim=-1)  # cross-entropy against the uniform distribution
+        n, vocab = logits.shape
+        keep = ctx.needs_input_grad[0]
+        probs = torch.empty_like(logits) if keep else None  # (N, V), the logits' dtype
+        lse = torch.empty(n, device=logits.device)  # log-sum-exp, (N,) float32
+        mean = torch.empty(n, device=logits.device)  # mean logit, (N,)
+        picked = torch.empty(n, device=logits.device)  # the target's logit, (N,)
+        wide = keep and logits.dtype == torch.float32
+        step = _block_rows(logits)
+        for i in range(0, n, step):
+            j = min(i + step, n)
+            block = logits[i:j].float()  # (b, V) float32; a view when already float32
+            peak = block.amax(dim=-1, keepdim=True)  # (b, 1), for a stable exp
+            # (b, V): written straight into the kept buffer when that is float32 already
+            exp = torch.sub(block, peak, out=probs[i:j] if wide else None).exp_()
+            total = exp.sum(dim=-1, keepdim=True)  # (b, 1)
+            lse[i:j] = (peak + total.log()).squeeze(1)
+            torch.mean(block, dim=-1, out=mean[i:j])
+            picked[i:j] = block.gather(1, target[i:j, None]).squeeze(1)
+            if keep:
+                probs[i:j] = exp.div_(total)  # softmax (a cast when the logits are narrower)
+        nll = lse - picked  # -log p(target), (N,)
+        smooth = lse - mean  # cross-entropy against the uniform distribution, (N,)
         is_real = target != pad_id  # (N,)
         loss = ((1.0 - epsilon) * nll + epsilon * smooth).masked_fill(~is_real, 0.0).sum()
         nll_sum = nll.masked_fill(~is_real, 0.0).sum()
-        ctx.save_for_backward(exp, total, target, is_real)
+        if keep:
+            ctx.save_for_backward(probs, target, is_real)
         ctx.epsilon = epsilon
         ctx.mark_non_differentiable(nll_sum)
         return loss, nll_sum
@@ -40,13 +74,19 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss: Tensor, _grad_nll: Tensor):
-        exp, total, target, is_real = ctx.saved_tensors
-        eps, vocab = ctx.epsilon, exp.size(-1)
-        weight = is_real.to(exp.dtype) * grad_loss  # (N,): 0 at padding
-        # weight * (softmax - eps / V), then weight * (eps - 1) at each target: in place.
-        grad = exp.mul_((weight / total)[:, None]).sub_((weight * (eps / vocab))[:, None])
-        grad.scatter_add_(1, target[:, None], (weight * (eps - 1.0))[:, None])
-        return grad, None, None, None
+        probs, target, is_real = ctx.saved_tensors
+        eps, vocab = ctx.epsilon, probs.size(-1)
+        weight = is_real.float() * grad_loss.float()  # (N,): 0 at padding
+        floor = weight * (eps / vocab)  # (N,): the weight of the uniform part of q
+        hit = weight * (eps - 1.0)  # (N,): the rest of q, at each target
+        step = _block_rows(probs)
+        for i in range(0, probs.size(0), step):
+            j = min(i + step, probs.size(0))
+            # weight * (softmax - eps / V), then weight * (eps - 1) at the target: in float32.
+            block = probs[i:j].float().mul_(weight[i:j, None]).sub_(floor[i:j, None])
+            block.scatter_add_(1, target[i:j, None], hit[i:j, None])
+            probs[i:j] = block  # in place (a no-op copy when float32 already)
+        return probs, None, None, None
 
 
 def label_smoothed_nll(
@@ -55,8 +95,8 @@ def label_smoothed_nll(
     """Smoothed loss and plain NLL, both summed over non-pad tokens.
 
     The smoothed target puts 1 - epsilon on the reference token and spreads epsilon uniformly
-    over the whole vocabulary (fairseq's formulation). Logits are used in float32 (under
-    autocast they may arrive in bf16/fp16).
+    over the whole vocabulary (fairseq's formulation). The arithmetic is float32 whatever the
+    logits' dtype (under autocast they arrive in bf16/fp16); the gradient has their dtype.
 
     Args:
         logits: (B, T, V); target: (B, T) ids, ``pad_id`` where there is no token.
@@ -64,6 +104,6 @@ def label_smoothed_nll(
         (loss_sum, nll_sum, n_tokens), all 0-dim tensors: nothing here waits for the device.
     """
     vocab = logits.size(-1)
-    flat = logits.reshape(-1, vocab).float()  # (N, V)
+    flat = logits.reshape(-1, vocab)  # (N, V)
     loss, nll = _SmoothedCrossEntropy.apply(flat, target.reshape(-1), epsilon, pad_id)
     return loss, nll, (target != pad_id).sum()

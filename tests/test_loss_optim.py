@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mt.loss
 from mt.config import TrainConfig
 from mt.loggers import ListLogger
 from mt.loss import label_smoothed_nll
@@ -137,3 +138,44 @@ def test_hand_written_backward_matches_autograd(eps):
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-6)
     assert grad[0, 4:].abs().sum() == 0  # padding gets no gradient
+
+
+def test_blocks_of_rows_give_the_same_loss_and_gradient(monkeypatch):
+    """The loss walks the logits in cache-sized blocks: an uneven last block changes nothing."""
+    logits = torch.randn(2, 5, 13, requires_grad=True)  # N = 10 rows
+    target = torch.randint(1, 13, (2, 5))
+    target[1, 3:] = 0
+    monkeypatch.setattr(mt.loss, "CPU_BLOCK_VALUES", 3 * 13)  # blocks of 3, 3, 3 and 1 rows
+    loss, _, _ = label_smoothed_nll(logits, target, epsilon=0.1, pad_id=0)
+    (grad,) = torch.autograd.grad(loss, logits)
+    ref_logits = logits.detach().double().requires_grad_()
+    ref = reference_smoothed_loss(ref_logits, target, 0.1, 0)
+    (ref_grad,) = torch.autograd.grad(ref, ref_logits)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_logits_are_scored_in_float32_and_get_a_bf16_gradient():
+    """Under autocast the logits arrive in bf16: no float32 copy of them is made, but the
+    arithmetic is float32, so the loss equals the float64 loss of the same bf16 values."""
+    logits = (torch.randn(4, 7, 50) * 4).bfloat16().requires_grad_()
+    target = torch.randint(1, 50, (4, 7))
+    target[2, 5:] = 0
+    loss, nll, _ = label_smoothed_nll(logits, target, epsilon=0.1, pad_id=0)
+    (grad,) = torch.autograd.grad(loss, logits)
+    ref_logits = logits.detach().double().requires_grad_()
+    ref = reference_smoothed_loss(ref_logits, target, 0.1, 0)
+    (ref_grad,) = torch.autograd.grad(ref, ref_logits)
+    assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(grad.double(), ref_grad, rtol=1e-2, atol=1e-3)  # bf16 rounding
+
+
+def test_without_gradients_the_loss_is_the_same():
+    logits = torch.randn(3, 4, 9)
+    target = torch.randint(1, 9, (3, 4))
+    with torch.no_grad():
+        loss, _, _ = label_smoothed_nll(logits, target, epsilon=0.1, pad_id=0)
+    ref = reference_smoothed_loss(logits.double(), target, 0.1, 0)
+    torch.testing.assert_close(loss.double(), ref)
+    assert not loss.requires_grad
