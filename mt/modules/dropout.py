@@ -7,25 +7,49 @@ below ``round(p * 256)``, i.e. the rate is rounded to a multiple of 1/256 (0.1 -
 kept elements are scaled by the exact ``1 / keep_probability``. The draws come from torch's
 default generator, so seeding and checkpointed RNG states cover them. Other devices use
 ``F.dropout`` (their generators are parallel).
+
+The mask is built without a bool tensor: on a CPU, ``bytes >= threshold`` and the bool -> bf16
+conversion after it took 10 of the 15 ms of a bf16 dropout over (4300, 1024) elements (one
+thread). Saturating uint8 arithmetic gives the 0/1 keep flags, and multiplying those, as
+integers of the element's width, by the bit pattern of the scale gives the bit pattern of the
+float mask (0 -> +0.0, 1 -> the scale): three cheap integer passes instead.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# The integer type of each float type's width, to build the float mask's bit patterns in.
+_SAME_WIDTH_INT = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+}
+
+
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> Tensor:
+    """A mask of ``shape`` holding 0 (dropped, probability ~p) or ``1 / keep probability``."""
+    threshold = min(round(p * 256), 255)  # bytes below it are dropped; one byte value kept
+    n = shape.numel()
+    words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits
+    byte = words.view(torch.uint8)[:n].view(shape)
+    # byte >= threshold -> 1, else 0: clamping from below and subtracting saturate at 0.
+    kept = byte.clamp(min=threshold - 1).sub_(threshold - 1).clamp_(max=1)  # uint8 0/1
+    scale = torch.tensor(256 / (256 - threshold), dtype=dtype)
+    int_type = _SAME_WIDTH_INT[dtype]
+    bits = int(scale.view(int_type))  # the scale's bit pattern, positive (sign bit clear)
+    return kept.to(int_type).mul_(bits).view(dtype)
+
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":
+    if x.device.type != "cpu" or x.dtype not in _SAME_WIDTH_INT:
         return F.dropout(x, p, training=True)
-    threshold = round(p * 256)  # bytes below it are dropped
-    if threshold == 0:
+    if round(p * 256) == 0:
         return x
-    n = x.numel()
-    words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits
-    keep = words.view(torch.uint8)[:n].view(x.shape) >= threshold
-    return x * keep.to(x.dtype).mul_(256 / (256 - threshold))
+    return x * keep_mask(x.shape, p, x.dtype)
 
 
 class Dropout(nn.Module):
