@@ -98,14 +98,24 @@ def test_capture_attention_returns_real_weights_and_restores_fast_path():
     assert all(not m.need_weights for m in model.modules() if isinstance(m, MultiHeadAttention))
 
 
-def test_fused_path_under_cpu_bf16_autocast_attends_in_fp32_and_returns_bf16():
+def test_cpu_bf16_autocast_takes_the_explicit_path_with_a_float32_softmax(monkeypatch):
+    """Under CPU bf16 autocast attention multiplies in bf16, normalises in fp32 and returns bf16:
+    close to the fp32 result, gradients flowing, and PyTorch's fused kernel not called."""
     mha = MultiHeadAttention(d_model=16, n_heads=4)
     x, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16, requires_grad=True)
     mask = padding_mask(torch.tensor([[False] * 7, [False] * 4 + [True] * 3]))
-    reference, _ = mha(x, mem, mask=mask)  # fp32
+    reference, _ = mha(x, mem, mask=mask)  # fp32, fused kernel
+    causal_reference, _ = mha(x, is_causal=True)
+
+    def fused_kernel(*args, **kwargs):
+        raise AssertionError("the fused kernel ran under CPU bf16")
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", fused_kernel)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, _ = mha(x, mem, mask=mask)
-    assert out.dtype == torch.bfloat16
+        out, weights = mha(x, mem, mask=mask)
+        causal, _ = mha(x, is_causal=True)
+    assert out.dtype == torch.bfloat16 and weights is None
     torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)  # bf16 matmuls
-    out.float().sum().backward()  # gradients flow through the fp32 attention
+    torch.testing.assert_close(causal.float(), causal_reference, atol=0.05, rtol=0.05)
+    out.float().sum().backward()  # gradients flow through the bf16 path
     assert mem.grad is not None and torch.isfinite(mem.grad).all()

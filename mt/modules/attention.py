@@ -6,7 +6,13 @@ Two paths compute the same function:
 - the explicit one, ``softmax(Q K^T / sqrt(Dh)) V`` written out, which also returns the
   attention weights (for inspection, plots and tests);
 - the fused one, ``torch.nn.functional.scaled_dot_product_attention``, used whenever the
-  weights are not requested (faster, less memory).
+  weights are not requested (faster, less memory) -- except under bf16 on a CPU, below.
+
+The explicit path multiplies in the inputs' dtype and takes the softmax in float32. Under bf16
+autocast on a CPU it is also the fast path: PyTorch's CPU flash-attention is slow in bf16 (its
+backward took 31% of a bf16 training step of the tiny model), and running it in float32 instead
+costs casts of q, k, v and the output; the explicit path with bf16 matmuls was 1.7x faster
+than that (forward + backward, one thread, from 240 sentences of 17 tokens to 8 of 512).
 """
 
 import math
@@ -18,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mt.masks import causal_mask
+from mt.modules.dropout import dropout
 
 
 def scaled_dot_product_attention(
@@ -25,19 +32,24 @@ def scaled_dot_product_attention(
 ) -> tuple[Tensor, Tensor]:
     """``softmax(q k^T / sqrt(Dh)) v``, written out.
 
+    The products run in the inputs' dtype, the scores and softmax in float32 (in bf16 the
+    softmax of ~20 scores would keep only 2-3 significant digits per weight).
+
     Args:
         q: (B, H, Tq, Dh); k, v: (B, H, Tk, Dh).
         mask: bool, broadcastable to (B, H, Tq, Tk); True = may attend.
     Returns:
-        output (B, H, Tq, Dh) and weights (B, H, Tq, Tk), each row summing to 1.
+        output (B, H, Tq, Dh) in v's dtype and weights (B, H, Tq, Tk) in float32, each row
+        summing to 1.
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
     if mask is not None:
-        # The dtype's minimum, not -1e9: exact zeros after softmax in any precision.
+        # The dtype's minimum, not -1e9: exact zeros after softmax, and no NaN in a row with
+        # no key to attend to.
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)
-    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0 else weights
-    return dropped @ v, weights
+    dropped = dropout(weights, dropout_p, training=True) if dropout_p > 0 else weights
+    return dropped.to(v.dtype) @ v, weights
 
 
 class KVCache:
@@ -128,17 +140,18 @@ class MultiHeadAttention(nn.Module):
         self, q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, is_causal: bool
     ) -> tuple[Tensor, Tensor | None]:
         dropout_p = self.dropout if self.training else 0.0
-        if self.need_weights:
+        # bf16 on a CPU: the explicit path is the fast one (module docstring).
+        if self.need_weights or (q.device.type == "cpu" and q.dtype == torch.bfloat16):
             if is_causal:
                 causal = causal_mask(q.size(2), q.device)
                 mask = causal if mask is None else mask & causal
-            return scaled_dot_product_attention(q, k, v, mask, dropout_p)
+            with torch.autocast(q.device.type, enabled=False):  # products in q's dtype
+                out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
+            return out, weights if self.need_weights else None
         causal_only = is_causal and mask is None
-        if q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16):
-            # PyTorch's CPU flash-attention kernels are slow in bf16: its backward took 31% of a
-            # bf16 training step of the tiny model, against 4.5% for fwd + bwd in fp32
-            # (benchmarks/README.md). So on a CPU attention runs in fp32 and casts back; the
-            # (B, H, T, Dh) casts are small next to the matmuls they keep in bf16.
+        if q.device.type == "cpu" and q.dtype == torch.float16:
+            # PyTorch's CPU flash-attention kernels are slow in reduced precision: fp16 on a
+            # CPU attends in fp32 and casts back.
             with torch.autocast("cpu", enabled=False):
                 out = F.scaled_dot_product_attention(
                     q.float(),
