@@ -161,7 +161,7 @@ def test_bf16_logits_are_scored_in_float32_and_get_a_bf16_gradient():
     logits = (torch.randn(4, 7, 50) * 4).bfloat16().requires_grad_()
     target = torch.randint(1, 50, (4, 7))
     target[2, 5:] = 0
-    loss, nll, _ = label_smoothed_nll(logits, target, epsilon=0.1, pad_id=0)
+    loss, _, _ = label_smoothed_nll(logits, target, epsilon=0.1, pad_id=0)
     (grad,) = torch.autograd.grad(loss, logits)
     ref_logits = logits.detach().double().requires_grad_()
     ref = reference_smoothed_loss(ref_logits, target, 0.1, 0)

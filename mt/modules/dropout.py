@@ -28,9 +28,14 @@ _SAME_WIDTH_INT = {
 }
 
 
+def drop_threshold(p: float) -> int:
+    """Random bytes below it are dropped: p in 1/256 steps, at least one byte value kept."""
+    return min(round(p * 256), 255)
+
+
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> Tensor:
     """A mask of ``shape`` holding 0 (dropped, probability ~p) or ``1 / keep probability``."""
-    threshold = min(round(p * 256), 255)  # bytes below it are dropped; one byte value kept
+    threshold = drop_threshold(p)
     n = shape.numel()
     words = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), None)  # all 64 bits
     byte = words.view(torch.uint8)[:n].view(shape)
@@ -47,7 +52,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
         return x
     if x.device.type != "cpu" or x.dtype not in _SAME_WIDTH_INT:
         return F.dropout(x, p, training=True)
-    if round(p * 256) == 0:
+    if drop_threshold(p) == 0:
         return x
     return x * keep_mask(x.shape, p, x.dtype)
 
