@@ -343,6 +343,11 @@ class Trainer:
             self.cfg.train.val_attention_plot = False
             return
         self.logger.log_figure("val/cross_attention", figure, self.progress.step)
+        # pyplot keeps every figure it made until closed: one per validation would pile up in a
+        # long run whatever the loggers do (another rank's empty logger, a test's list logger).
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
 
     # -- checkpoints ------------------------------------------------------------------------------
 

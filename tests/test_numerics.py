@@ -46,6 +46,9 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path, monkeypatch):
     ]
     assert logged[-1] == 2
     assert [name for _, name, _ in logger.figures] == ["val/cross_attention"] * 2  # steps 4, 6
+    import matplotlib.pyplot as plt
+
+    assert plt.get_fignums() == []  # logged figures are closed, not kept by pyplot
 
 
 def test_skipped_update_leaves_weights_unchanged(tmp_path, monkeypatch):
