@@ -34,7 +34,7 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def log_figure(self, name: str, figure: Any, step: int) -> None:
-        self.writer.add_figure(name, figure, step)  # closes the figure
+        self.writer.add_figure(name, figure, step, close=False)  # its maker closes it
         self.writer.flush()
 
     def close(self) -> None:

@@ -343,8 +343,8 @@ class Trainer:
             self.cfg.train.val_attention_plot = False
             return
         self.logger.log_figure("val/cross_attention", figure, self.progress.step)
-        # pyplot keeps every figure it made until closed: one per validation would pile up in a
-        # long run whatever the loggers do (another rank's empty logger, a test's list logger).
+        # The figure is closed here, where it was made, not by a logger: pyplot keeps every
+        # figure until closed, and one per validation would pile up over a long run.
         import matplotlib.pyplot as plt
 
         plt.close(figure)
