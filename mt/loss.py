@@ -108,3 +108,74 @@ def label_smoothed_nll(
     flat = logits.reshape(-1, vocab)  # (N, V)
     loss, nll = _SmoothedCrossEntropy.apply(flat, target.reshape(-1), epsilon, pad_id)
     return loss, nll, (target != pad_id).sum()
+
+
+class _SymmetricKL(torch.autograd.Function):
+    """(N, V) logits of two passes -> sum over real rows of (KL(p||q) + KL(q||p)) / 2.
+
+    Walks the rows in blocks like :class:`_SmoothedCrossEntropy` and keeps nothing of size
+    (N, V): backward recomputes each block's log-softmaxes from the logits (which the output
+    layer produced anyway). With d = log p - log q per row, the gradients are
+    ``dKL(p||q)/dz_p = p * (d - KL(p||q))``, ``dKL(q||p)/dz_p = p - q``, and the same with p and
+    q swapped for z_q.
+    """
+
+    @staticmethod
+    def forward(ctx, logits_p: Tensor, logits_q: Tensor, is_real: Tensor):
+        n = logits_p.size(0)
+        kl_pq = torch.empty(n, device=logits_p.device)  # KL(p||q) per row, (N,) float32
+        kl_qp = torch.empty(n, device=logits_p.device)  # KL(q||p) per row, (N,)
+        step = _block_rows(logits_p)
+        for i in range(0, n, step):
+            j = min(i + step, n)
+            log_p, log_q, p, q = _block_log_probs(logits_p[i:j], logits_q[i:j])  # (b, V) each
+            d = log_p.sub_(log_q)  # (b, V): log p - log q
+            kl_pq[i:j] = (p * d).sum(-1)
+            kl_qp[i:j] = -(q * d).sum(-1)
+        ctx.save_for_backward(logits_p, logits_q, is_real, kl_pq, kl_qp)
+        return (0.5 * (kl_pq + kl_qp)).masked_fill(~is_real, 0.0).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        logits_p, logits_q, is_real, kl_pq, kl_qp = ctx.saved_tensors
+        weight = 0.5 * is_real.float() * grad_out.float()  # (N,): 0 at padding
+        grad_p = torch.empty_like(logits_p)  # (N, V), the logits' dtype
+        grad_q = torch.empty_like(logits_q)
+        step = _block_rows(logits_p)
+        for i in range(0, logits_p.size(0), step):
+            j = min(i + step, logits_p.size(0))
+            log_p, log_q, p, q = _block_log_probs(logits_p[i:j], logits_q[i:j])
+            d = log_p.sub_(log_q)  # (b, V)
+            w = weight[i:j, None]  # (b, 1)
+            diff = p - q  # (b, V)
+            grad_p[i:j] = (p * (d - kl_pq[i:j, None])).add_(diff).mul_(w)
+            grad_q[i:j] = (q * (d.neg_() - kl_qp[i:j, None])).sub_(diff).mul_(w)
+        return grad_p, grad_q, None
+
+
+def _block_log_probs(block_p: Tensor, block_q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Float32 log-softmax and softmax of two (b, V) blocks of logits."""
+    log_p = torch.log_softmax(block_p.float(), dim=-1)
+    log_q = torch.log_softmax(block_q.float(), dim=-1)
+    return log_p, log_q, log_p.exp(), log_q.exp()
+
+
+def symmetric_kl(logits_p: Tensor, logits_q: Tensor, target: Tensor, *, pad_id: int) -> Tensor:
+    """The R-Drop consistency term (Liang et al. 2021, eq. 2), summed over non-pad tokens.
+
+    Two forward passes of one batch under different dropout masks should predict the same
+    distribution; penalising their symmetric KL divergence regularises a model that overfits a
+    small corpus, at the cost of a second forward and backward pass per update.
+
+    Args:
+        logits_p, logits_q: (B, T, V), the two passes; target: (B, T) ids (for the padding).
+    Returns:
+        0-dim tensor: sum over real tokens of (KL(p||q) + KL(q||p)) / 2, float32.
+    """
+    vocab = logits_p.size(-1)
+    return _SymmetricKL.apply(
+        logits_p.reshape(-1, vocab),  # (N, V)
+        logits_q.reshape(-1, vocab),  # (N, V)
+        target.reshape(-1) != pad_id,  # (N,)
+    )

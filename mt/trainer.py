@@ -41,7 +41,7 @@ from mt.checkpoint import (
 from mt.config import RunConfig
 from mt.data import PreparedData
 from mt.loggers import ConsoleLogger, MetricLogger, MultiLogger, TensorBoardLogger
-from mt.loss import label_smoothed_nll
+from mt.loss import label_smoothed_nll, symmetric_kl
 from mt.model import build_model, count_parameters
 from mt.optim import build_optimizer, build_scheduler
 from mt.prepare import prepare_data
@@ -225,13 +225,7 @@ class Trainer:
             no_sync = self.train_model.no_sync() if self.dist.enabled and not last else None
             with no_sync or nullcontext():
                 with self.autocast():
-                    logits = self.train_model(batch.src, batch.tgt_in)  # (B, T, V)
-                    loss_sum, nll_sum, _ = label_smoothed_nll(
-                        logits,
-                        batch.tgt_out,
-                        epsilon=self.cfg.train.label_smoothing,
-                        pad_id=self.tokenizer.pad_id,
-                    )
+                    loss_sum, nll_sum = self.batch_loss(batch)
                 loss = loss_sum * scale
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_total += loss_sum.detach()
@@ -258,6 +252,34 @@ class Trainer:
         self.progress.step += 1
         self.progress.tgt_tokens += global_tgt_tokens
         return torch.where(bad, 0.0, nll_total)
+
+    def batch_loss(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed training loss and summed NLL of one micro-batch (0-dim tensors).
+
+        With ``train.rdrop_alpha`` the batch is stacked on itself so that one forward pass
+        runs it under two dropout masks (R-Drop, Liang et al. 2021): the loss is the mean of
+        the two label-smoothed cross-entropies plus alpha/2 times their symmetric KL.
+        """
+        t = self.cfg.train
+        pad_id = self.tokenizer.pad_id
+        if t.rdrop_alpha == 0:
+            logits = self.train_model(batch.src, batch.tgt_in)  # (B, T, V)
+            loss_sum, nll_sum, _ = label_smoothed_nll(
+                logits, batch.tgt_out, epsilon=t.label_smoothing, pad_id=pad_id
+            )
+            return loss_sum, nll_sum
+        src = torch.cat([batch.src, batch.src])  # (2B, S)
+        tgt_in = torch.cat([batch.tgt_in, batch.tgt_in])  # (2B, T)
+        logits = self.train_model(src, tgt_in)  # (2B, T, V): rows b and B + b, two masks
+        loss_sum, nll_sum, _ = label_smoothed_nll(
+            logits,
+            torch.cat([batch.tgt_out, batch.tgt_out]),  # (2B, T)
+            epsilon=t.label_smoothing,
+            pad_id=pad_id,
+        )
+        b = batch.src.size(0)
+        kl_sum = symmetric_kl(logits[:b], logits[b:], batch.tgt_out, pad_id=pad_id)
+        return 0.5 * loss_sum + 0.5 * t.rdrop_alpha * kl_sum, 0.5 * nll_sum
 
     def autocast(self):
         """Mixed precision for the forward pass and the loss (``train.precision``)."""
