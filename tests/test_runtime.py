@@ -1,11 +1,15 @@
 """Host-side runtime settings."""
 
+import os
 import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from mt.runtime import keep_freed_memory
+from mt.runtime import bound_onednn_caches, keep_freed_memory
 
 
 def _training_step_allocations() -> None:
@@ -66,3 +70,58 @@ def test_cpu_bf16_probe_compares_measured_matmul_times(monkeypatch):
         monkeypatch.setattr(runtime, "matmul_seconds", fake.__getitem__)
         assert runtime.cpu_bf16_is_fast() is expected
     runtime.cpu_bf16_is_fast.cache_clear()
+
+
+# Many bf16 matmuls, each with a new number of rows (as token-budget batches have), forward
+# and backward; prints the growth of resident memory in MB.
+_SHAPE_CHURN = """
+import random, sys
+import torch
+if sys.argv[1] == "bounded":
+    from mt.runtime import use_device
+    use_device("cpu")
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+torch.set_num_threads(1)
+w = torch.randn(1024, 256, dtype=torch.bfloat16, requires_grad=True)
+rows = list(range(64, 64 + 250 * 8, 8))
+random.Random(0).shuffle(rows)
+x = torch.randn(8, 256, dtype=torch.bfloat16, requires_grad=True)
+torch.nn.functional.linear(x, w).float().sum().backward()
+start = rss_mb()
+for m in rows:
+    x = torch.randn(m, 256, dtype=torch.bfloat16, requires_grad=True)
+    torch.nn.functional.linear(x, w).float().sum().backward()
+print(rss_mb() - start)
+"""
+
+
+def _memory_growth_mb(mode: str) -> float:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _SHAPE_CHURN, mode], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    return float(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+def test_bf16_matmuls_of_ever_new_shapes_do_not_pile_up_memory():
+    default = _memory_growth_mb("default")
+    if default < 100:
+        pytest.skip(f"bf16 matmuls keep no per-shape cache here (+{default:.0f} MB)")
+    bounded = _memory_growth_mb("bounded")
+    assert bounded < 0.3 * default, (bounded, default)
+
+
+def test_a_cache_capacity_the_user_set_is_kept(monkeypatch):
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "256")
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    assert bound_onednn_caches(16) == {
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16",
+        "LRU_CACHE_CAPACITY": "256",
+    }
