@@ -1,4 +1,5 @@
-"""Label-smoothed cross-entropy (Szegedy et al. 2016; Vaswani et al. 2017, section 5.4).
+"""Label-smoothed cross-entropy (Szegedy et al. 2016; Vaswani et al. 2017, section 5.4), and
+R-Drop's symmetric KL between two dropout passes (:func:`symmetric_kl`).
 
 Returns the *sum* over real tokens and their count, so that the caller divides once by the
 number of target tokens in the whole update (the same normalisation for any batching or any
