@@ -116,6 +116,7 @@ def use_device(name: str) -> torch.device:
 # Entries kept by each of oneDNN's two shape-keyed caches (below). Measured on the R-Drop
 # en->de recipe, 1 thread: 16 holds resident memory flat and trains as fast as the defaults.
 ONEDNN_CACHE_CAPACITY = 16
+ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
 
 def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> dict[str, str]:
@@ -135,11 +136,9 @@ def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> dict[str, str]
 
     Returns the two settings in force.
     """
-    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+    for name in ONEDNN_CACHE_VARIABLES:
         os.environ.setdefault(name, str(capacity))
-    return {
-        name: os.environ[name] for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
-    }
+    return {name: os.environ[name] for name in ONEDNN_CACHE_VARIABLES}
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)

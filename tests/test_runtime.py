@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.runtime import bound_onednn_caches, keep_freed_memory
+from mt.runtime import ONEDNN_CACHE_VARIABLES, bound_onednn_caches, keep_freed_memory
 
 
 def _training_step_allocations() -> None:
@@ -97,11 +97,7 @@ print(rss_mb() - start)
 
 
 def _memory_growth_mb(mode: str) -> float:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ONEDNN_CACHE_VARIABLES}
     out = subprocess.run(
         [sys.executable, "-c", _SHAPE_CHURN, mode], env=env, capture_output=True, text=True
     )
