@@ -132,10 +132,14 @@ class ParallelData:
     def __len__(self) -> int:
         return len(self.src_ids)
 
-    def windows(self, *, skip: int = 0) -> Iterator["ParallelData"]:
-        """An epoch as windows (see mt/streaming.py): in memory, the whole split is one."""
+    def windows(self, *, skip: int = 0, epoch: int = 0) -> Iterator["ParallelData"]:
+        """An epoch as windows (see mt/streaming.py): in memory, the whole split is one, the
+        same in every epoch (mt/subword_sampling.py varies it by ``epoch``)."""
         if skip == 0:
             yield self
+
+    def close(self) -> None:
+        """Nothing to release (the streamed and sampled training data hold workers)."""
 
     def batches(
         self, batch_tokens: int, rng: np.random.Generator | None = None, *, skip: int = 0

@@ -42,6 +42,13 @@ class DataConfig:
     """SentencePiece is trained on at most this many sentences (sampled) of the training split."""
     max_tokens: int = 250
     """Training pairs with more subword tokens than this on either side are dropped."""
+    subword_alpha: float = 0.0
+    """Subword regularisation (mt/subword_sampling.py): 0 = off; > 0 = each epoch segments
+    the training split anew by sampling. Unigram: the sharpness of the sampling distribution
+    (P^alpha; smaller = more, shorter pieces); BPE: the probability of dropping a merge (< 1).
+    Validation, test and translation are never sampled."""
+    subword_nbest: int = -1
+    """Unigram sampling draws from the best N segmentations (-1: from all of them)."""
     max_len_ratio: float = 3.0
     """Training pairs whose token-length ratio exceeds this (both sides > 5 tokens) are dropped."""
     cache_dir: str | None = None
@@ -337,6 +344,30 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ValueError(f"data.invalid_utf8={d.invalid_utf8!r} must be 'error' or 'replace'")
     if d.src_lang == d.tgt_lang:
         raise ValueError(f"data.src_lang and data.tgt_lang are both {d.src_lang!r}")
+    if d.subword_alpha < 0:
+        raise ValueError(f"data.subword_alpha={d.subword_alpha} must be 0 (off) or more")
+    if d.subword_alpha > 0:
+        if d.spm_model_type not in ("unigram", "bpe"):
+            raise ValueError(
+                f"data.subword_alpha={d.subword_alpha} samples segmentations, which SentencePiece "
+                f"offers for unigram and bpe models only (data.spm_model_type="
+                f"{d.spm_model_type!r}); set data.subword_alpha=0 or choose one of those"
+            )
+        if d.spm_model_type == "bpe" and d.subword_alpha >= 1:
+            raise ValueError(
+                f"data.subword_alpha={d.subword_alpha} is BPE-dropout's probability of dropping "
+                "a merge for a bpe model: it must be below 1 (0.1 is usual)"
+            )
+        if d.subword_nbest == 0 or d.subword_nbest < -1:
+            raise ValueError(
+                f"data.subword_nbest={d.subword_nbest} must be -1 (all segmentations) or positive"
+            )
+        if d.streaming:
+            raise ValueError(
+                "data.subword_alpha > 0 is not supported with data.streaming=true yet: a "
+                "streamed corpus is encoded by worker processes without sampling. Set "
+                "data.subword_alpha=0, or train from memory (data.streaming=false)"
+            )
     if d.max_train_pairs is not None and d.max_train_pairs <= 0:
         raise ValueError(f"data.max_train_pairs={d.max_train_pairs} must be positive")
     validate_decode(dec.beam_size, dec.n_best, prefix="decode.")

@@ -22,6 +22,7 @@ import numpy as np
 
 from mt.batching import ParallelData
 from mt.config import DataConfig
+from mt.subword_sampling import SampledTrainData
 from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,9 @@ class EvalSet:
 @dataclass
 class PreparedData:
     tokenizer: Tokenizer
-    train: ParallelData  # or StreamingTrainData (data.streaming): both serve ``windows()``
+    # or StreamingTrainData (data.streaming) or SampledTrainData (data.subword_alpha): all serve
+    # ``windows()``
+    train: ParallelData
     val: EvalSet
     test: EvalSet
     filter_stats: FilterStats
@@ -318,9 +321,20 @@ def prepare_in_memory(
         max_len_ratio=cfg.max_len_ratio,
     )
     log_filter_stats(stats, cfg)
+    train_data = ParallelData.from_dataset(train_ids, tokenizer)
+    if cfg.subword_alpha > 0:
+        train_data = SampledTrainData(
+            train_data,
+            list(train_ids["src"]),
+            list(train_ids["tgt"]),
+            alpha=cfg.subword_alpha,
+            nbest=cfg.subword_nbest,
+            seed=seed,
+            max_tokens=cfg.max_tokens,
+        )
     return PreparedData(
         tokenizer=tokenizer,
-        train=ParallelData.from_dataset(train_ids, tokenizer),
+        train=train_data,
         val=load_eval_set(cfg, cfg.val_split, tokenizer),
         test=load_eval_set(cfg, cfg.test_split, tokenizer),
         filter_stats=stats,

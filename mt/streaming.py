@@ -78,8 +78,9 @@ class StreamingTrainData:
             pairs = islice(pairs, self.cfg.max_train_pairs)
         return pairs
 
-    def windows(self, *, skip: int = 0) -> Iterator[ParallelData]:
+    def windows(self, *, skip: int = 0, epoch: int = 0) -> Iterator[ParallelData]:
         """One epoch: tokenised, filtered windows; the first ``skip`` are passed over unread.
+        (Every epoch is encoded alike: ``epoch`` is unused.)
 
         The next window is read and tokenised in a background thread while the caller trains
         on the current one, so data preparation stays off the training's critical path (the

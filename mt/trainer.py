@@ -478,8 +478,10 @@ class Trainer:
         self.validated_at = p.history[-1]["step"] if p.history else -1
         try:
             while t.max_epochs is None or p.epoch < t.max_epochs:
-                for window in self.data.train.windows(skip=p.window_in_epoch):
-                    # The batch order depends on (seed, epoch, window) only: resumable.
+                windows = self.data.train.windows(skip=p.window_in_epoch, epoch=p.epoch)
+                for window in windows:
+                    # The batch order (and, with data.subword_alpha, the segmentation) depends
+                    # on (seed, epoch, window) only: resumable.
                     rng = np.random.default_rng([self.cfg.seed, p.epoch, p.window_in_epoch])
                     ended = self.train_window(window, window.batch_groups(t.batch_tokens, rng))
                     if ended is not None:
@@ -492,6 +494,7 @@ class Trainer:
                 p.window_in_epoch = 0
         finally:
             self.bar.close()
+            self.data.train.close()  # background workers (streaming, subword sampling)
         if self.validated_at != p.step:  # the epoch limit ended training between validations
             p.train_seconds = time.monotonic() - self.started
             self.validate_and_save()
