@@ -362,12 +362,6 @@ def validate_run_config(cfg: RunConfig) -> None:
             raise ValueError(
                 f"data.subword_nbest={d.subword_nbest} must be -1 (all segmentations) or positive"
             )
-        if d.streaming:
-            raise ValueError(
-                "data.subword_alpha > 0 is not supported with data.streaming=true yet: a "
-                "streamed corpus is encoded by worker processes without sampling. Set "
-                "data.subword_alpha=0, or train from memory (data.streaming=false)"
-            )
     if d.max_train_pairs is not None and d.max_train_pairs <= 0:
         raise ValueError(f"data.max_train_pairs={d.max_train_pairs} must be positive")
     validate_decode(dec.beam_size, dec.n_best, prefix="decode.")

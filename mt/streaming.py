@@ -36,6 +36,7 @@ from mt.data import (
     load_eval_set,
     read_pairs,
 )
+from mt.subword_sampling import resample
 from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,8 @@ def stream_pairs(cfg: DataConfig, split: str) -> Iterator[tuple[str, str]]:
 class StreamingTrainData:
     """The training split as a sequence of in-memory windows, re-read every epoch."""
 
-    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer) -> None:
-        self.cfg, self.tokenizer = cfg, tokenizer
+    def __init__(self, cfg: DataConfig, tokenizer: Tokenizer, *, seed: int = 1) -> None:
+        self.cfg, self.tokenizer, self.seed = cfg, tokenizer, seed
         self.filter_stats = FilterStats(0, 0, 0, 0)  # of the current epoch, so far
         self._pool = None
 
@@ -80,7 +81,8 @@ class StreamingTrainData:
 
     def windows(self, *, skip: int = 0, epoch: int = 0) -> Iterator[ParallelData]:
         """One epoch: tokenised, filtered windows; the first ``skip`` are passed over unread.
-        (Every epoch is encoded alike: ``epoch`` is unused.)
+        With ``data.subword_alpha`` each window is segmented by sampling, reproducibly from
+        (seed, ``epoch``, window number); otherwise ``epoch`` is unused.
 
         The next window is read and tokenised in a background thread while the caller trains
         on the current one, so data preparation stays off the training's critical path (the
@@ -93,14 +95,19 @@ class StreamingTrainData:
             if not list(islice(pairs, self.cfg.window_pairs)):
                 return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mt-window") as ahead:
-            upcoming = ahead.submit(self._next_window, pairs)
+            number = skip
+            upcoming = ahead.submit(self._next_window, pairs, [self.seed, epoch, number])
             while (window := upcoming.result()) is not None:
-                upcoming = ahead.submit(self._next_window, pairs)
+                number += 1
+                upcoming = ahead.submit(self._next_window, pairs, [self.seed, epoch, number])
                 if len(window):
                     yield window
 
-    def _next_window(self, pairs: Iterator[tuple[str, str]]) -> ParallelData | None:
-        """The next ``window_pairs`` raw pairs, tokenised and filtered (None at the end)."""
+    def _next_window(
+        self, pairs: Iterator[tuple[str, str]], sampling_seed: list[int]
+    ) -> ParallelData | None:
+        """The next ``window_pairs`` raw pairs, tokenised and filtered (None at the end); with
+        ``data.subword_alpha``, segmented by sampling from ``sampling_seed``."""
         raw = list(islice(pairs, self.cfg.window_pairs))
         if not raw:
             return None
@@ -115,7 +122,20 @@ class StreamingTrainData:
             setattr(
                 self.filter_stats, name, getattr(self.filter_stats, name) + getattr(stats, name)
             )
-        return ParallelData([src_ids[i] for i in keep], [tgt_ids[i] for i in keep], self.tokenizer)
+        window = ParallelData(
+            [src_ids[i] for i in keep], [tgt_ids[i] for i in keep], self.tokenizer
+        )
+        if self.cfg.subword_alpha > 0:  # filtered on the deterministic encoding, then sampled
+            window = resample(
+                window,
+                [raw[i][0] for i in keep],
+                [raw[i][1] for i in keep],
+                alpha=self.cfg.subword_alpha,
+                nbest=self.cfg.subword_nbest,
+                seed=sampling_seed,
+                max_tokens=self.cfg.max_tokens,
+            )
+        return window
 
     def encode(self, pairs: list[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
         """Token ids of a window, in ``num_proc`` processes when that is more than 1."""
@@ -174,7 +194,7 @@ def prepare_streaming(
             max_sentences=cfg.spm_max_sentences,
             seed=seed,
         )
-    train = StreamingTrainData(cfg, tokenizer)
+    train = StreamingTrainData(cfg, tokenizer, seed=seed)
     return PreparedData(
         tokenizer=tokenizer,
         train=train,  # type: ignore[arg-type]

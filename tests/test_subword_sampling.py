@@ -11,6 +11,7 @@ from mt.checkpoint import load_checkpoint
 from mt.config import validate_run_config
 from mt.loggers import ListLogger
 from mt.prepare import prepare_data
+from mt.streaming import StreamingTrainData
 from mt.subword_sampling import SampledTrainData, sample_encode
 from mt.tokenizer import Tokenizer
 from mt.trainer import Trainer
@@ -84,9 +85,34 @@ def test_prepared_training_data_is_sampled_and_eval_splits_are_not(tmp_path):
     sampled.train.close()
 
 
-def test_sampled_run_resumes_exactly(tmp_path):
+def test_streamed_windows_are_sampled_per_epoch_and_window(tmp_path):
+    cfg = dataclasses.replace(small_run(tmp_path).data, streaming=True, window_pairs=60)
+    # Trained on this corpus's words, so that its sentences have several segmentations.
+    tokenizer = Tokenizer.train(
+        synthetic_sentences(200, seed=1) + synthetic_sentences(200, seed=2), vocab_size=300
+    )
+    plain = list(StreamingTrainData(cfg, tokenizer).windows())
+    data = StreamingTrainData(dataclasses.replace(cfg, subword_alpha=0.2), tokenizer, seed=3)
+    first, second = list(data.windows(epoch=0)), list(data.windows(epoch=1))
+    assert len(first) == len(second) == len(plain) == 4
+    for a, b, p in zip(first, second, plain):
+        assert a.src_ids != b.src_ids and a.src_ids != p.src_ids  # varied by epoch
+        assert tokenizer.decode(a.src_ids) == tokenizer.decode(p.src_ids)  # the same pairs
+        assert tokenizer.decode(b.tgt_ids) == tokenizer.decode(p.tgt_ids)
+    assert first[1].src_ids != first[2].src_ids[: len(first[1].src_ids)]
+    # Resuming inside an epoch: the skipped-to window is segmented as in the whole epoch.
+    [_, last] = list(data.windows(skip=2, epoch=1))
+    assert last.src_ids == second[3].src_ids
+    again = StreamingTrainData(dataclasses.replace(cfg, subword_alpha=0.2), tokenizer, seed=3)
+    assert [w.tgt_ids for w in again.windows(epoch=1)] == [w.tgt_ids for w in second]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_sampled_run_resumes_exactly(tmp_path, streaming):
     cfg = small_run(tmp_path, max_steps=10, save_every_steps=1, batch_tokens=4000)
-    cfg.data = dataclasses.replace(cfg.data, subword_alpha=0.2)
+    cfg.data = dataclasses.replace(
+        cfg.data, subword_alpha=0.2, streaming=streaming, window_pairs=100
+    )
     Trainer(cfg, tmp_path / "straight", logger=ListLogger()).fit()
     first = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=5))
     Trainer(first, tmp_path / "resumed", logger=ListLogger()).fit()
@@ -112,7 +138,6 @@ def test_sampled_run_resumes_exactly(tmp_path):
         ({"subword_alpha": 0.1, "spm_model_type": "char"}, "unigram and bpe models only"),
         ({"subword_alpha": 1.0, "spm_model_type": "bpe"}, "must be below 1"),
         ({"subword_alpha": 0.1, "subword_nbest": 0}, "data.subword_nbest=0"),
-        ({"subword_alpha": 0.1, "streaming": True}, "data.streaming=true"),
     ],
 )
 def test_bad_sampling_options_are_refused(tmp_path, data, message):
