@@ -154,8 +154,9 @@ class SampledTrainData:
     def batches(
         self, batch_tokens: int, rng: np.random.Generator | None = None, *, skip: int = 0
     ) -> Iterator[Batch]:
-        """Batches of the first epoch's segmentation (for callers that want one pass)."""
-        return self.epoch_data(0).batches(batch_tokens, rng, skip=skip)
+        """Batches of the first epoch's segmentation (for callers that want one pass, such as
+        the benchmark: nothing is prepared ahead)."""
+        return self._encode(0).batches(batch_tokens, rng, skip=skip)
 
     def close(self) -> None:
         """Stop the background encoding (an epoch being encoded is finished first)."""

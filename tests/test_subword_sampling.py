@@ -2,6 +2,7 @@
 reproducible from (seed, epoch) for exact resume, and reach the training batches."""
 
 import dataclasses
+import threading
 
 import pytest
 import torch
@@ -79,6 +80,9 @@ def test_prepared_training_data_is_sampled_and_eval_splits_are_not(tmp_path):
     sampled = prepare_data(dataclasses.replace(cfg, subword_alpha=0.1), tokenizer=plain.tokenizer)
     assert isinstance(sampled.train, SampledTrainData) and len(sampled.train) == len(plain.train)
     assert sampled.train.src_ids == plain.train.src_ids  # the deterministic fallback
+    one_pass = list(sampled.train.batches(1000))  # the benchmark's use: nothing runs ahead
+    assert sum(len(b.src) for b in one_pass) == len(plain.train)
+    assert not [t for t in threading.enumerate() if t.name.startswith("mt-subwords")]
     assert next(sampled.train.windows(epoch=0)).src_ids != plain.train.src_ids
     assert sampled.val.ids.src_ids == plain.val.ids.src_ids
     assert sampled.test.ids.tgt_ids == plain.test.ids.tgt_ids
