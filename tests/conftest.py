@@ -117,6 +117,26 @@ def small_run(tmp_path, model: dict | None = None, **train) -> RunConfig:
     )
 
 
+def straight_and_resumed(cfg: RunConfig, tmp_path: Path, stop_at: int) -> tuple[dict, dict]:
+    """Train ``cfg`` once straight through and once stopped after ``stop_at`` updates and resumed
+    (``train.resume=auto``), in process; returns both runs' ``last.pt`` contents."""
+    import dataclasses
+
+    from mt.checkpoint import load_checkpoint
+    from mt.loggers import ListLogger
+    from mt.trainer import Trainer
+
+    Trainer(cfg, tmp_path / "straight", logger=ListLogger()).fit()
+    first = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=stop_at))
+    Trainer(first, tmp_path / "resumed", logger=ListLogger()).fit()
+    again = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
+    Trainer(again, tmp_path / "resumed", logger=ListLogger()).fit()
+    return (
+        load_checkpoint(tmp_path / "straight" / "last.pt"),
+        load_checkpoint(tmp_path / "resumed" / "last.pt"),
+    )
+
+
 def synthetic_corpus_overrides(tmp_path) -> list[str]:
     """Hydra overrides that point a script at the corpus ``small_run`` / tests write in
     ``tmp_path / "corpus"`` (``xx`` -> ``yy``)."""

@@ -7,13 +7,10 @@ import datasets
 import pytest
 import torch
 
-from mt.checkpoint import load_checkpoint
 from mt.config import DataConfig
 from mt.data import filter_training_pairs, load_split, tokenize
-from mt.loggers import ListLogger
 from mt.streaming import StreamingTrainData, stream_pairs
-from mt.trainer import Trainer
-from tests.conftest import small_run, write_corpus
+from tests.conftest import small_run, straight_and_resumed, write_corpus
 
 
 def streamed(tmp_path, **data):
@@ -64,13 +61,7 @@ def test_worker_processes_tokenise_like_the_main_process(tmp_path, tokenizer):
 
 def test_streamed_run_resumes_exactly(tmp_path):
     cfg = streamed(tmp_path, window_pairs=8)  # 3 or 4 batches a window
-    Trainer(cfg, tmp_path / "straight", logger=ListLogger()).fit()
-    first = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=4))
-    Trainer(first, tmp_path / "resumed", logger=ListLogger()).fit()
-    again = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
-    Trainer(again, tmp_path / "resumed", logger=ListLogger()).fit()
-    a = load_checkpoint(tmp_path / "straight" / "last.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    a, b = straight_and_resumed(cfg, tmp_path, stop_at=4)
     assert a["progress"]["step"] == b["progress"]["step"] == 6
     assert a["progress"]["window_in_epoch"] >= 1  # the run crossed windows
     for name, tensor in a["model"].items():

@@ -16,7 +16,7 @@ from mt.streaming import StreamingTrainData
 from mt.subword_sampling import SampledTrainData, sample_encode
 from mt.tokenizer import Tokenizer
 from mt.trainer import Trainer
-from tests.conftest import small_run, synthetic_sentences
+from tests.conftest import small_run, straight_and_resumed, synthetic_sentences
 
 
 def sampled_data(tokenizer, texts, *, max_tokens=250, seed=1, alpha=0.1):
@@ -117,13 +117,7 @@ def test_sampled_run_resumes_exactly(tmp_path, streaming):
     cfg.data = dataclasses.replace(
         cfg.data, subword_alpha=0.2, streaming=streaming, window_pairs=100
     )
-    Trainer(cfg, tmp_path / "straight", logger=ListLogger()).fit()
-    first = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=5))
-    Trainer(first, tmp_path / "resumed", logger=ListLogger()).fit()
-    again = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="auto"))
-    Trainer(again, tmp_path / "resumed", logger=ListLogger()).fit()
-    a = load_checkpoint(tmp_path / "straight" / "last.pt")
-    b = load_checkpoint(tmp_path / "resumed" / "last.pt")
+    a, b = straight_and_resumed(cfg, tmp_path, stop_at=5)
     assert a["progress"]["step"] == b["progress"]["step"] == 10
     assert a["progress"]["epoch"] >= 1  # the run crossed into a second segmentation
     for name, tensor in a["model"].items():
