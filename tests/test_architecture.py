@@ -29,6 +29,7 @@ LAYERS = [
     "mt.optim",
     "mt.search",
     "mt.batching",
+    "mt.subword_sampling",
     "mt.data",
     "mt.streaming",
     "mt.prepare",
