@@ -96,18 +96,24 @@ def test_streamed_windows_are_sampled_per_epoch_and_window(tmp_path):
         synthetic_sentences(200, seed=1) + synthetic_sentences(200, seed=2), vocab_size=300
     )
     plain = list(StreamingTrainData(cfg, tokenizer).windows())
-    data = StreamingTrainData(dataclasses.replace(cfg, subword_alpha=0.2), tokenizer, seed=3)
+    data = StreamingTrainData(dataclasses.replace(cfg, subword_alpha=0.1), tokenizer, seed=3)
     first, second = list(data.windows(epoch=0)), list(data.windows(epoch=1))
     assert len(first) == len(second) == len(plain) == 4
     for a, b, p in zip(first, second, plain):
-        assert a.src_ids != b.src_ids and a.src_ids != p.src_ids  # varied by epoch
         assert tokenizer.decode(a.src_ids) == tokenizer.decode(p.src_ids)  # the same pairs
         assert tokenizer.decode(b.tgt_ids) == tokenizer.decode(p.tgt_ids)
-    assert first[1].src_ids != first[2].src_ids[: len(first[1].src_ids)]
+
+    def epoch_ids(windows):
+        return [ids for w in windows for ids in w.src_ids + w.tgt_ids]
+
+    # Varied by epoch, and not the deterministic segmentation. (Compared over whole epochs: a
+    # window of ~40 short sentences may, by chance, come out as in another epoch.)
+    assert epoch_ids(first) != epoch_ids(second) != epoch_ids(plain)
+    assert epoch_ids(first) != epoch_ids(plain)
     # Resuming inside an epoch: the skipped-to window is segmented as in the whole epoch.
     [_, last] = list(data.windows(skip=2, epoch=1))
     assert last.src_ids == second[3].src_ids
-    again = StreamingTrainData(dataclasses.replace(cfg, subword_alpha=0.2), tokenizer, seed=3)
+    again = StreamingTrainData(dataclasses.replace(cfg, subword_alpha=0.1), tokenizer, seed=3)
     assert [w.tgt_ids for w in again.windows(epoch=1)] == [w.tgt_ids for w in second]
 
 
