@@ -4,8 +4,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-from mt.batching import ParallelData, collate, pad, token_batches
+from mt.batching import ParallelData, TokenIds, collate, pad, token_batches
 from mt.config import DataConfig
 from mt.data import (
     ensure_split_files,
@@ -122,6 +123,42 @@ def test_parallel_data_batches_cover_every_pair(tokenizer):
     data = ParallelData(src, tgt, tokenizer)
     batches = data.batches(200, np.random.default_rng(0))
     assert sum(b.n_tgt_tokens for b in batches) == sum(len(t) + 1 for t in tgt)
+
+
+def test_packed_ids_of_a_filtered_dataset_equal_its_rows_and_collate_the_same(tmp_path, tokenizer):
+    """from_dataset packs the ids (TokenIds): the same rows as the dataset, a filter's indices
+    respected, and batches identical to collating the plain lists."""
+    cfg = folder_config(tmp_path)
+    src, tgt = synthetic_sentences(40, seed=5), synthetic_sentences(40, seed=6)
+    src[4] = ""  # filtered out: the dataset gets an indices mapping
+    write_corpus(tmp_path / "corpus", "train", {"xx": src, "yy": tgt})
+    ds, _ = filter_training_pairs(
+        tokenize(load_split(cfg, "train"), tokenizer), max_tokens=300, max_len_ratio=9.0
+    )
+    rows_src, rows_tgt = list(ds["src_ids"]), list(ds["tgt_ids"])
+    data = ParallelData.from_dataset(ds, tokenizer)
+    assert isinstance(data.src_ids, TokenIds) and len(data.src_ids) == len(rows_src) == 39
+    assert data.src_ids == rows_src and data.tgt_ids == rows_tgt
+    assert data.src_ids[-1] == rows_src[-1] and data.tgt_ids[2:5] == rows_tgt[2:5]
+    assert data.src_lens.tolist() == [len(r) for r in rows_src]
+    plain = ParallelData(rows_src, rows_tgt, tokenizer)
+    for group in data.batch_groups(120, np.random.default_rng(0)):
+        packed, lists = data.collate(group), plain.collate(group)
+        for name in ("src", "tgt_in", "tgt_out"):
+            assert torch.equal(getattr(packed, name), getattr(lists, name)), name
+        assert packed.n_tgt_tokens == lists.n_tgt_tokens
+
+
+def test_token_ids_behave_like_a_list_of_lists():
+    rows = [[3, 1], [], [7, 8, 9], [2]]
+    ids = TokenIds.from_lists(rows)
+    assert len(ids) == 4 and list(ids) == rows and ids == rows and ids != rows[:3]
+    assert ids[-2] == [7, 8, 9] and ids[::2] == [[3, 1], [7, 8, 9]]
+    assert ids == TokenIds.from_lists(rows) and ids != TokenIds.from_lists(rows[::-1])
+    flat, lengths = ids.take(np.array([2, 0, 1]))
+    assert flat.tolist() == [7, 8, 9, 3, 1] and lengths.tolist() == [3, 2, 0]
+    with pytest.raises(IndexError):
+        ids[4]
 
 
 def test_hub_style_dataset_with_translation_column(tmp_path):
