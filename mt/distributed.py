@@ -92,6 +92,13 @@ def from_env(device_type: str) -> DistContext:
     timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "1800")))
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
+        gpus = torch.cuda.device_count()
+        if local_rank >= gpus:
+            raise ValueError(
+                f"process with LOCAL_RANK={local_rank} has no GPU of its own: this machine has "
+                f"{gpus}. Start at most {gpus} process(es) per node (torchrun "
+                f"--nproc_per_node={gpus}), or train on CPUs with train.device=cpu"
+            )
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)

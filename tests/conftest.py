@@ -109,6 +109,10 @@ def small_run(tmp_path, model: dict | None = None, **train) -> RunConfig:
                     progress_bar=False,
                     max_minutes=None,
                     precision="fp32",  # comparisons at fp32 tolerances, on any CPU
+                    # The suite checks CPU behaviour on any machine: bit-exact resumes are a CPU
+                    # promise (a GPU's embedding backward adds with atomics, in varying order),
+                    # and two spawned ranks must not ask a one-GPU machine for two GPUs.
+                    device="cpu",
                 ),
                 **train,
             }

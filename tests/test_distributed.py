@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from mt.batching import collate
 from mt.checkpoint import load_checkpoint
-from mt.distributed import update_slices
+from mt.distributed import from_env, update_slices
 from mt.loggers import ListLogger
 from mt.trainer import Trainer
 from tests.conftest import small_run, synthetic_corpus_overrides
@@ -50,6 +50,19 @@ def merged(trainer: Trainer, batches):
             src.append([i for i in s_row if i != pad][:-1])  # drop EOS, re-added by collate
             tgt.append([i for i in t_row if i != pad][:-1])
     return collate(src, tgt, trainer.tokenizer)
+
+
+def test_more_cuda_processes_than_gpus_is_a_clear_error(monkeypatch):
+    """torchrun with more processes than GPUs: an error that says what to start instead, not
+    CUDA's 'invalid device ordinal' from deep inside set_device."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=1.*--nproc_per_node=1.*train.device=cpu"):
+        from_env("cuda")
 
 
 def test_accumulation_gives_the_update_of_one_larger_batch(tmp_path):
@@ -228,6 +241,7 @@ def test_torchrun_trains_with_two_processes(tmp_path):
         "train.batch_tokens=300",
         "train.progress_bar=false",
         "train.num_threads=1",
+        "train.device=cpu",  # gloo on CPUs, also on a machine with one GPU
         "decode.beam_size=1",
         "decode.max_len_b=3",
         f"hydra.run.dir={run_dir}",

@@ -48,6 +48,7 @@ def command(corpus: Path, run_dir: Path, cache: Path) -> list[str]:
         "train.log_every_steps=5",
         "train.progress_bar=false",
         "train.num_threads=1",
+        "train.device=cpu",  # bit-exact resume is a CPU promise (see tests/conftest.py)
         "train.resume=auto",
         "decode.beam_size=1",
         f"hydra.run.dir={run_dir}",
