@@ -105,12 +105,32 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
 
 def use_device(name: str) -> torch.device:
     """:func:`resolve_device`; on a CPU, also :func:`keep_freed_memory` and
-    :func:`bound_onednn_caches`."""
+    :func:`bound_onednn_caches`; on a GPU, :func:`avoid_cudnn_attention`."""
     device = resolve_device(name)
     if device.type == "cpu":
         keep_freed_memory()
         bound_onednn_caches()
+    elif device.type == "cuda":
+        avoid_cudnn_attention()
     return device
+
+
+def avoid_cudnn_attention() -> None:
+    """Let ``scaled_dot_product_attention`` choose among FlashAttention, the memory-efficient
+    kernel and the plain one, but not cuDNN's.
+
+    Why: recent PyTorch tries cuDNN's attention first on Hopper and Blackwell GPUs, and cuDNN
+    builds an execution graph for every new combination of tensor shapes, forward and backward
+    (tens to hundreds of milliseconds each; PyTorch caches them per shape). Token-budget batches
+    of a translation corpus have a new (batch size, source length, target length) almost every
+    step, so training paid for new graphs at nearly every step: on an H100 (torch 2.11) the
+    training loop of ``tiny`` ran at 9,108 target tokens/s with the host inside attention's
+    forward and backward for ~0.2 s each per step and the GPU idle, while the benchmark, whose
+    timed batches had all run once before, measured 113,741 for the same steps
+    (benchmarks/README.md, "On a GPU"). The other kernels need no per-shape setup. Whether this
+    closes the gap has not been measured on a GPU yet (no device time was left).
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 # Entries kept by each of oneDNN's two shape-keyed caches (below). Measured on the R-Drop

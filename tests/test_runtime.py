@@ -121,3 +121,21 @@ def test_a_cache_capacity_the_user_set_is_kept(monkeypatch):
         "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16",
         "LRU_CACHE_CAPACITY": "256",
     }
+
+
+def test_a_gpu_run_leaves_cudnn_attention_out(monkeypatch):
+    """cuDNN's attention builds a graph per new shape; token-budget batches bring new shapes
+    every step, so a CUDA device turns it off (mt.runtime.avoid_cudnn_attention)."""
+    from mt.runtime import use_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        assert use_device("cuda").type == "cuda"
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        use_device("cpu")  # CPUs are left alone
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before)
