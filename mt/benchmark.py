@@ -12,6 +12,7 @@ nothing): sentences/s, output words/s, target tokens/s and BLEU, greedy and beam
 Legend: B batch, S source length, T target length, D d_model, V vocabulary.
 """
 
+import itertools
 import json
 import math
 import resource
@@ -189,6 +190,13 @@ def benchmark_training(
         # The peak is probed in every round and the best kept: one probe at a busy moment
         # would understate it (and flatter the utilisation).
         peak = max(peak, matmul_peak(device, bench.probe_size, dtype=matmul_dtype))
+    # A training run meets a new batch shape almost every step; the rounds above only repeat
+    # shapes they have run. Batches of another epoch's order (mostly unseen shapes), each run
+    # once: a per-shape cost (a kernel plan or graph built per shape) shows as a ratio below 1.
+    unseen = data.train.batches(cfg.train.batch_tokens, np.random.default_rng(cfg.seed + 1))
+    unseen = list(itertools.islice(unseen, per_round))
+    unseen_seconds = time_steps(ours, opts[ours], unseen, device, cfg, precision)
+    unseen_tgt = sum(b.n_tgt_tokens for b in unseen)
     tgt = sum(b.n_tgt_tokens for b in timed)
     src = sum(int((b.src != 0).sum()) for b in timed)
     padded = sum(b.src.numel() + b.tgt_out.numel() for b in timed)
@@ -210,6 +218,8 @@ def benchmark_training(
         "minor_page_faults_per_step": round(faults["ours"] / len(timed)),
         "reference_minor_page_faults_per_step": round(faults["ref"] / len(timed)),
         "steps_timed": len(timed),
+        "unseen_shapes_tgt_tokens_per_s": round(unseen_tgt / unseen_seconds, 1),
+        "unseen_shapes_ratio": round(unseen_tgt / unseen_seconds / (tgt / seconds["ours"]), 3),
         **(
             {
                 "fp32_tgt_tokens_per_s": round(tgt / seconds["ours_fp32"], 1),

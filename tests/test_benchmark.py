@@ -66,6 +66,8 @@ def test_benchmark_writes_json(tmp_path):
         "peak_memory_mb",
         "fp32_tgt_tokens_per_s",
         "speedup_vs_fp32",
+        "unseen_shapes_tgt_tokens_per_s",
+        "unseen_shapes_ratio",
     ):
         assert train[key] > 0 or key == "padding_fraction", key
     assert 0 <= train["padding_fraction"] < 1
