@@ -124,9 +124,9 @@ def avoid_cudnn_attention() -> None:
     (tens to hundreds of milliseconds each; PyTorch caches them per shape). Token-budget batches
     of a translation corpus have a new (batch size, source length, target length) almost every
     step, so training paid for new graphs at nearly every step: on an H100 (torch 2.11) the
-    training loop of ``tiny`` ran at 9,108 target tokens/s with the host inside attention's
-    forward and backward for ~0.2 s each per step and the GPU idle, while the benchmark, whose
-    timed batches had all run once before, measured 113,741 for the same steps
+    training loop of ``tiny`` ran at 9,108 target tokens/s, the host spending ~0.2 s in each
+    step's forward pass (most of it inside attention) and ~0.2 s in its backward while the GPU
+    waited, where the benchmark, whose timed batches had all run once before, measured 113,741
     (benchmarks/README.md, "On a GPU"). The other kernels need no per-shape setup. Whether this
     closes the gap has not been measured on a GPU yet (no device time was left).
     """
