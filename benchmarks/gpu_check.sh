@@ -26,7 +26,7 @@ step() {  # name, seconds, command...
   echo "== $name: rc $? in $((SECONDS - start)) s"
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/env.txt"
-step benchmark 150 python3 scripts/benchmark.py checkpoint="$CKPT" data.dir="$DATA" \
+step benchmark 240 python3 scripts/benchmark.py checkpoint="$CKPT" data.dir="$DATA" \
   bench.probe_size=8192 hydra.run.dir=/tmp/gpu_check_bench
 cp /tmp/gpu_check_bench/benchmark.json "$OUT/" 2>/dev/null
 step train 150 python3 scripts/train.py experiment=multi30k_de_en data.dir="$DATA" \
