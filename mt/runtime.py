@@ -126,9 +126,10 @@ def avoid_cudnn_attention() -> None:
     step, so training paid for new graphs at nearly every step: on an H100 (torch 2.11) the
     training loop of ``tiny`` ran at 9,108 target tokens/s, the host spending ~0.2 s in each
     step's forward pass and ~0.2 s in its backward while the GPU waited (attention had the
-    largest host time of any operator in the profile), where the benchmark, whose timed batches had all run once before, measured 113,741
-    (benchmarks/README.md, "On a GPU"). The other kernels need no per-shape setup. Whether this
-    closes the gap has not been measured on a GPU yet (no device time was left).
+    largest host time of any operator in the profile), where the benchmark, whose timed
+    batches had all run once before, measured 113,741 (benchmarks/README.md, "On a GPU"). The
+    other kernels need no per-shape setup. Whether this closes the gap has not been measured on
+    a GPU yet (no device time was left).
     """
     torch.backends.cuda.enable_cudnn_sdp(False)
 
