@@ -147,14 +147,6 @@ class TokenIds(Sequence):
         self.offsets = offsets  # (n + 1,) int64, row i is values[offsets[i]:offsets[i + 1]]
 
     @classmethod
-    def from_lists(cls, sequences: Sequence[list[int]]) -> "TokenIds":
-        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
-        values = np.fromiter(
-            chain.from_iterable(sequences), dtype=np.int32, count=int(lengths.sum())
-        )
-        return cls(values, np.concatenate([[0], np.cumsum(lengths)]))
-
-    @classmethod
     def from_arrow(cls, column: pa.ChunkedArray) -> "TokenIds":
         """From a list-of-integers Arrow column (as ``datasets`` stores token ids)."""
         chunks = [c for c in column.chunks if len(c)]

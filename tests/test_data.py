@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 
@@ -149,12 +150,16 @@ def test_packed_ids_of_a_filtered_dataset_equal_its_rows_and_collate_the_same(tm
         assert packed.n_tgt_tokens == lists.n_tgt_tokens
 
 
+def packed(rows: list[list[int]]) -> TokenIds:
+    return TokenIds.from_arrow(pa.chunked_array([rows[:1], rows[1:]]))  # two chunks
+
+
 def test_token_ids_behave_like_a_list_of_lists():
     rows = [[3, 1], [], [7, 8, 9], [2]]
-    ids = TokenIds.from_lists(rows)
+    ids = packed(rows)
     assert len(ids) == 4 and list(ids) == rows and ids == rows and ids != rows[:3]
     assert ids[-2] == [7, 8, 9] and ids[::2] == [[3, 1], [7, 8, 9]]
-    assert ids == TokenIds.from_lists(rows) and ids != TokenIds.from_lists(rows[::-1])
+    assert ids == packed(rows) and ids != packed(rows[::-1])
     flat, lengths = ids.take(np.array([2, 0, 1]))
     assert flat.tolist() == [7, 8, 9, 3, 1] and lengths.tolist() == [3, 2, 0]
     with pytest.raises(IndexError):
