@@ -46,6 +46,7 @@ from mt.runtime import (
     sync,
     use_device,
 )
+from mt.step_profile import profile_steps
 from mt.tokenizer import Tokenizer
 from mt.translator import Translator
 
@@ -147,7 +148,11 @@ def time_steps(
 
 
 def benchmark_training(
-    cfg: RunConfig, bench: BenchmarkConfig, tokenizer: Tokenizer | None, device: torch.device
+    cfg: RunConfig,
+    bench: BenchmarkConfig,
+    tokenizer: Tokenizer | None,
+    device: torch.device,
+    out_dir: str | Path | None = None,
 ) -> dict:
     data = prepare_data(cfg.data, seed=cfg.seed, tokenizer=tokenizer)
     ours = build_model(cfg.model, vocab_size=data.tokenizer.vocab_size, pad_id=0).to(device)
@@ -180,7 +185,7 @@ def benchmark_training(
     matmul_dtype = precision_dtype(precision)
     seconds = {name: 0.0 for name, _, _ in runs}
     faults = {name: 0 for name, _, _ in runs}
-    peak = 0.0
+    peak = fp32_peak = 0.0
     for r in range(bench.rounds):  # alternate, so that load changes hit all
         chunk = timed[r * per_round : (r + 1) * per_round]
         for name, model, prec in runs:
@@ -190,6 +195,8 @@ def benchmark_training(
         # The peak is probed in every round and the best kept: one probe at a busy moment
         # would understate it (and flatter the utilisation).
         peak = max(peak, matmul_peak(device, bench.probe_size, dtype=matmul_dtype))
+        if "ours_fp32" in seconds:  # the fp32 step's utilisation, of the fp32 peak
+            fp32_peak = max(fp32_peak, matmul_peak(device, bench.probe_size))
     # A training run meets a new batch shape almost every step; the rounds above only repeat
     # shapes they have run. Batches of another epoch's order (mostly unseen shapes), each run
     # once: a per-shape cost (a kernel plan or graph built per shape) shows as a ratio below 1.
@@ -204,6 +211,26 @@ def benchmark_training(
         parameter_flops_per_step(ours, int((b.src != 0).sum()), b.n_tgt_tokens) for b in timed
     )
     achieved = flops / seconds["ours"]
+    profiles = {}
+    if bench.profile:  # the first round's batches again, under the profiler
+        chunk = timed[:per_round]
+        chunk_flops = sum(
+            parameter_flops_per_step(ours, int((b.src != 0).sum()), b.n_tgt_tokens) for b in chunk
+        )
+        # Our step in the training precision, and in fp32 when that was timed too.
+        for key, prec, prec_peak in (
+            ("profile", precision, peak),
+            ("fp32_profile", "fp32", fp32_peak),
+        ):
+            if key == "fp32_profile" and "ours_fp32" not in seconds:
+                continue
+            prof = profile_steps(
+                lambda prec=prec: time_steps(ours, opts[ours], chunk, device, cfg, prec), device
+            )
+            profiles[key] = prof.summary(chunk_flops, prec_peak)
+            if out_dir is not None:
+                name = "profile_train.txt" if key == "profile" else "profile_train_fp32.txt"
+                (Path(out_dir) / name).write_text(prof.table)
     return {
         "tgt_tokens_per_s": round(tgt / seconds["ours"], 1),
         "src_tgt_tokens_per_s": round((src + tgt) / seconds["ours"], 1),
@@ -224,12 +251,15 @@ def benchmark_training(
             {
                 "fp32_tgt_tokens_per_s": round(tgt / seconds["ours_fp32"], 1),
                 "speedup_vs_fp32": round(seconds["ours_fp32"] / seconds["ours"], 3),
+                "fp32_matmul_peak_flop_per_s": round(fp32_peak),
+                "fp32_utilisation": float(f"{flops / seconds['ours_fp32'] / fp32_peak:.3g}"),
             }
             if "ours_fp32" in seconds
             else {}
         ),
         "tgt_tokens_per_step": round(tgt / len(timed), 1),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
+        **profiles,
     }
 
 
@@ -277,6 +307,8 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
     """Measure, write ``benchmark.json`` in ``out_dir`` and return the result."""
     set_seed(cfg.seed)
     device = use_device(cfg.train.device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     loaded = load_model(cfg.checkpoint) if cfg.checkpoint else None
     if loaded:  # measure the checkpoint's architecture and vocabulary
         cfg.model = loaded.config.model
@@ -293,7 +325,7 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
             cfg.data, cfg.bench.data_lines, batch_tokens=cfg.train.batch_tokens
         )
     if cfg.bench.train:
-        result["train"] = benchmark_training(cfg, cfg.bench, tokenizer, device)
+        result["train"] = benchmark_training(cfg, cfg.bench, tokenizer, device, out)
     if cfg.bench.opennmt_python:
         from mt.opennmt_compare import compare_with_opennmt  # it builds on mt.trainer
 
@@ -310,16 +342,26 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
         result["decode"] = benchmark_decoding(loaded, cfg, device)
     else:
         result["decode"] = "skipped: give checkpoint=PATH (a trained model) to measure decoding"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def flatten(values: dict, prefix: str) -> list[tuple[str, object]]:
+    """Nested dicts as dotted rows: ``{"profile": {"matmul_share": 0.6}}`` ->
+    ``("train.profile.matmul_share", 0.6)``."""
+    rows = []
+    for k, v in values.items():
+        if isinstance(v, dict):
+            rows += flatten(v, f"{prefix}.{k}")
+        else:
+            rows.append((f"{prefix}.{k}", v))
+    return rows
 
 
 def format_table(result: dict) -> str:
     rows = [("machine", result["machine"])]
     for section in ("data_pipeline", "train", "opennmt"):
-        rows += [(f"{section}.{k}", v) for k, v in result.get(section, {}).items()]
+        rows += flatten(result.get(section, {}), prefix=section)
     if isinstance(result["decode"], dict):
         for name, values in result["decode"].items():
             rows += [(f"decode.{name}.{k}", v) for k, v in values.items()]

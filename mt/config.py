@@ -258,6 +258,10 @@ class BenchmarkConfig:
     """Side of the square matrices of the matrix-multiply peak probe."""
     train: bool = True
     """Measure training (false: only decoding and/or the data pipeline)."""
+    profile: bool = False
+    """Also run one round of our training steps under ``torch.profiler``: ``train.profile`` in
+    the JSON (the matrix products' share of the step, their FLOP/s, the utilisation they allow)
+    and the operator table in ``profile_train.txt`` (see mt/step_profile.py)."""
     data_lines: int = 0
     """When > 0: stream a generated corpus of this many lines through the data pipeline and
     report lines/s and memory per window (``data_pipeline`` in the JSON)."""

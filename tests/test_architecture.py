@@ -41,6 +41,7 @@ LAYERS = [
     "mt.validation",
     "mt.trainer",
     "mt.data_benchmark",
+    "mt.step_profile",
     "mt.opennmt_compare",
     "mt.benchmark",
 ]

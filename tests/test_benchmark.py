@@ -44,6 +44,7 @@ def test_benchmark_writes_json(tmp_path):
             "bench.rounds=2",
             "bench.probe_size=64",
             "bench.data_lines=2000",
+            "bench.profile=true",
             "data.window_pairs=500",
             f"hydra.run.dir={out}",
         ],
@@ -68,9 +69,19 @@ def test_benchmark_writes_json(tmp_path):
         "speedup_vs_fp32",
         "unseen_shapes_tgt_tokens_per_s",
         "unseen_shapes_ratio",
+        "fp32_matmul_peak_flop_per_s",
+        "fp32_utilisation",
     ):
         assert train[key] > 0 or key == "padding_fraction", key
     assert 0 <= train["padding_fraction"] < 1
+    for key, table in (
+        ("profile", "profile_train.txt"),
+        ("fp32_profile", "profile_train_fp32.txt"),
+    ):
+        profile = train[key]
+        assert 0 < profile["matmul_share"] < 1
+        assert profile["ceiling_utilisation"] > 0 and profile["top_ops_share"]
+        assert "aten::mm" in (out / table).read_text()
     assert train["minor_page_faults_per_step"] >= 0
     assert train["reference_minor_page_faults_per_step"] >= 0
     for mode in ("greedy", "beam5"):
