@@ -71,7 +71,7 @@ def profile_steps(run_steps: Callable[[], None], device: torch.device) -> StepPr
     with torch.profiler.profile(activities=activities) as prof:
         run_steps()
     events = prof.key_averages()
-    sort_by = "self_cuda_time_total" if on_gpu else "self_cpu_time_total"
+    sort_by = "self_device_time_total" if on_gpu else "self_cpu_time_total"
     seconds = {}
     for e in events:
         if on_gpu and not e.key.startswith("aten::"):
