@@ -171,6 +171,11 @@ class DecodeConfig:
     n_best: int = 1
     batch_tokens: int = 6000
     """Source tokens per decoding batch (inputs are sorted by length first)."""
+    precision: str = "fp32"
+    """``fp32``, ``bf16``, ``fp16`` or ``auto`` (as ``train.precision``: bf16 where it is fast).
+    bf16 decodes faster on CPUs with bf16 units (the tiny model on the project's AVX512-BF16
+    machine: greedy 1.4x, beam 5 1.8x, validation BLEU within 0.1) but may change some outputs;
+    fp32, the default, translates a checkpoint the same on every machine."""
 
 
 @dataclass
@@ -209,6 +214,8 @@ class EvaluateConfig:
     batch_tokens: int = 6000
     output: str | None = None
     """Where to write the translations (default: next to the checkpoint)."""
+    precision: str = "fp32"
+    """Decoding arithmetic: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see ``decode.precision``)."""
     device: str = "auto"
     data: DataOverrides = field(default_factory=DataOverrides)
 
@@ -223,6 +230,8 @@ class TuneDecodingConfig:
     beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5, 8])
     length_penalties: list[float] = field(default_factory=lambda: [0.6, 1.0, 1.4])
     batch_tokens: int = 6000
+    precision: str = "fp32"
+    """Decoding arithmetic: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see ``decode.precision``)."""
     device: str = "auto"
     data: DataOverrides = field(default_factory=DataOverrides)
 
@@ -242,6 +251,8 @@ class TranslateConfig:
     ``attention_<line>.png`` (source pieces x target pieces, head mean and each head)."""
     attention_layer: int = -1
     """Decoder layer whose cross-attention is plotted (negative counts from the last)."""
+    precision: str = "fp32"
+    """Decoding arithmetic: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see ``decode.precision``)."""
     device: str = "auto"
 
 
@@ -311,8 +322,8 @@ def validate_run_config(cfg: RunConfig) -> None:
             "accum_steps",
         ],
     )
-    if t.precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ValueError(f"train.precision={t.precision!r} must be auto, fp32, bf16 or fp16")
+    validate_precision("train.precision", t.precision)
+    validate_precision("decode.precision", dec.precision)
     if t.keep_last < 0:
         raise ValueError(f"train.keep_last={t.keep_last} must be 0 or more")
     if t.patience < 0:
@@ -370,6 +381,14 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ValueError(f"data.max_train_pairs={d.max_train_pairs} must be positive")
     validate_decode(dec.beam_size, dec.n_best, prefix="decode.")
     _positive("decode", dec, ["batch_tokens", "max_len_b"])
+
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def validate_precision(option: str, value: str) -> None:
+    if value not in PRECISIONS:
+        raise ValueError(f"{option}={value!r} must be one of {', '.join(PRECISIONS)}")
 
 
 def validate_decode(beam_size: int, n_best: int = 1, prefix: str = "") -> None:

@@ -7,7 +7,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from mt.checkpoint import LoadedModel, load_model
-from mt.config import DataConfig, EvaluateConfig, TuneDecodingConfig, validate_decode
+from mt.config import (
+    DataConfig,
+    EvaluateConfig,
+    TuneDecodingConfig,
+    validate_decode,
+    validate_precision,
+)
 from mt.data import load_split
 from mt.metrics import score
 from mt.runtime import use_device
@@ -28,7 +34,11 @@ def apply_overrides(data: DataConfig, overrides: object) -> DataConfig:
 
 
 def checkpoint_translator(
-    loaded: LoadedModel, beam_size: int, length_penalty: float, batch_tokens: int
+    loaded: LoadedModel,
+    beam_size: int,
+    length_penalty: float,
+    batch_tokens: int,
+    precision: str = "fp32",
 ) -> Translator:
     """A Translator with the search settings given and the checkpoint's length limits."""
     return Translator(
@@ -39,17 +49,21 @@ def checkpoint_translator(
         max_len_a=loaded.config.decode.max_len_a,
         max_len_b=loaded.config.decode.max_len_b,
         batch_tokens=batch_tokens,
+        precision=precision,
     )
 
 
 def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     """Translate ``cfg.split`` with the checkpoint and score it; write hypotheses and scores."""
     validate_decode(cfg.beam_size)
+    validate_precision("precision", cfg.precision)
     loaded = load_model(cfg.checkpoint, use_device(cfg.device))
     data = apply_overrides(loaded.config.data, cfg.data)
     split = resolve_split(data, cfg.split)
     ds = load_split(data, split)
-    translator = checkpoint_translator(loaded, cfg.beam_size, cfg.length_penalty, cfg.batch_tokens)
+    translator = checkpoint_translator(
+        loaded, cfg.beam_size, cfg.length_penalty, cfg.batch_tokens, cfg.precision
+    )
     start = time.perf_counter()
     hyps = translator.translate(ds["src"])
     seconds = time.perf_counter() - start
@@ -67,6 +81,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
         "sentences": len(hyps),
         "beam_size": cfg.beam_size,
         "length_penalty": cfg.length_penalty,
+        "precision": cfg.precision,
         **scores.as_dict(),
         "translations": str(hyp_path),
         "decode_seconds": round(seconds, 2),
@@ -82,6 +97,7 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
     """
     for beam in cfg.beam_sizes:
         validate_decode(beam)
+    validate_precision("precision", cfg.precision)
     loaded = load_model(cfg.checkpoint, use_device(cfg.device))
     data = apply_overrides(loaded.config.data, cfg.data)
     split = resolve_split(data, cfg.split)
@@ -91,7 +107,7 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
     rows = []
     for beam in cfg.beam_sizes:
         for lp in cfg.length_penalties if beam > 1 else cfg.length_penalties[:1]:
-            translator = checkpoint_translator(loaded, beam, lp, cfg.batch_tokens)
+            translator = checkpoint_translator(loaded, beam, lp, cfg.batch_tokens, cfg.precision)
             start = time.perf_counter()
             hyps = translator.translate(ds["src"])
             seconds = time.perf_counter() - start

@@ -14,6 +14,7 @@ import torch
 from mt.batching import pad
 from mt.data import clean_line
 from mt.model import Transformer
+from mt.runtime import autocast, resolve_precision
 from mt.search import SpecialIds, beam_search, greedy_search
 from mt.tokenizer import Tokenizer
 
@@ -37,8 +38,12 @@ class Translator:
         max_len_a: float = 1.5,
         max_len_b: int = 10,
         batch_tokens: int = 6000,
+        precision: str = "fp32",
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
+        # The model's arithmetic during the search (``decode.precision``; ``auto`` is resolved
+        # for the device the model is on when the search runs).
+        self.precision = precision
         self.beam_size, self.length_penalty = beam_size, length_penalty
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
         self.batch_tokens = batch_tokens
@@ -100,20 +105,22 @@ class Translator:
         return batches
 
     def _search(self, sources: list[list[int]], n_best: int) -> list[list[Translation]]:
-        src = pad(sources, self.ids.pad, suffix=self.ids.eos).to(self.device)
+        device = self.device
+        src = pad(sources, self.ids.pad, suffix=self.ids.eos).to(device)
         lengths = dict(max_len_a=self.max_len_a, max_len_b=self.max_len_b)
-        if self.beam_size == 1:
-            outputs = greedy_search(self.model, src, self.ids, **lengths)
-            return [[Translation(text, None)] for text in self.tokenizer.decode(outputs)]
-        hyps = beam_search(
-            self.model,
-            src,
-            self.ids,
-            beam_size=self.beam_size,
-            length_penalty=self.length_penalty,
-            n_best=n_best,
-            **lengths,
-        )
+        with autocast(device, resolve_precision(self.precision, device)):
+            if self.beam_size == 1:
+                outputs = greedy_search(self.model, src, self.ids, **lengths)
+                return [[Translation(text, None)] for text in self.tokenizer.decode(outputs)]
+            hyps = beam_search(
+                self.model,
+                src,
+                self.ids,
+                beam_size=self.beam_size,
+                length_penalty=self.length_penalty,
+                n_best=n_best,
+                **lengths,
+            )
         texts = self.tokenizer.decode([h.tokens for nbest in hyps for h in nbest])
         scores = np.array([h.score for nbest in hyps for h in nbest])
         out, pos = [], 0

@@ -55,6 +55,7 @@ class Validator:
             max_len_a=dec.max_len_a,
             max_len_b=dec.max_len_b,
             batch_tokens=dec.batch_tokens,
+            precision=dec.precision,
         )
 
     def validate(self) -> dict[str, float]:

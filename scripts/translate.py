@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from mt.attention_plot import cross_attention, resolve_layer, save_plot
 from mt.checkpoint import load_model
 from mt.cli import user_errors
-from mt.config import from_hydra, register_configs, validate_decode
+from mt.config import from_hydra, register_configs, validate_decode, validate_precision
 from mt.interactive import prompt_loop, text_lines, translate_stream
 from mt.runtime import use_device
 from mt.translator import Translator
@@ -43,6 +43,7 @@ def main(cfg: DictConfig) -> None:
     with user_errors():
         tcfg = from_hydra(cfg)
         validate_decode(tcfg.beam_size, tcfg.n_best)
+        validate_precision("precision", tcfg.precision)
         loaded = load_model(tcfg.checkpoint, use_device(tcfg.device))
         dec = loaded.config.decode
         translator = Translator(
@@ -52,6 +53,7 @@ def main(cfg: DictConfig) -> None:
             length_penalty=tcfg.length_penalty,
             max_len_a=dec.max_len_a,
             max_len_b=dec.max_len_b,
+            precision=tcfg.precision,
         )
         on_line = attention_writer(translator, tcfg) if tcfg.attention_plot else None
     try:

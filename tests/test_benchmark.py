@@ -39,6 +39,7 @@ def test_benchmark_writes_json(tmp_path):
             f"checkpoint={ckpt}",
             "train.batch_tokens=300",
             "train.precision=bf16",  # also times fp32, for the ratio
+            "decode.precision=bf16",
             "bench.warmup_steps=1",
             "bench.train_steps=1",
             "bench.rounds=2",
@@ -91,7 +92,9 @@ def test_benchmark_writes_json(tmp_path):
             "tokens_per_s",
             "bleu",
             "peak_memory_mb",
+            "precision",
         }
+        assert data["decode"][mode]["precision"] == "bf16"
     assert data["precision"] == "bf16"
     assert data["model"]["d_model"] == 16  # the checkpoint's architecture was measured
     assert "train.tgt_tokens_per_s" in result.stdout

@@ -88,12 +88,14 @@ def test_train_evaluate_translate(tmp_path):
         f"checkpoint={run_dir / 'best.pt'}",
         "split=val",
         "beam_size=1",
+        "precision=bf16",
         f"data.dir={corpus}",
         f"hydra.run.dir={eval_dir}",
     )
     assert "BLEU" in evaluated.stdout and "chrF" in evaluated.stdout
     scores = json.loads((eval_dir / "scores.json").read_text())
     assert scores["split"] == "val" and scores["sentences"] == 40
+    assert scores["precision"] == "bf16"
     hyps = Path(scores["translations"]).read_text(encoding="utf-8").split("\n")
     assert len(hyps) == 41 and hyps[-1] == ""
 
@@ -123,6 +125,15 @@ def test_train_evaluate_translate(tmp_path):
     )
     assert piped.stdout.count("\n") == 3
     assert piped.stdout.split("\n")[1] == ""
+    bad = run(
+        "scripts/translate.py",
+        f"checkpoint={run_dir / 'best.pt'}",
+        "precision=half",
+        stdin="Ein Hund.\n",
+        check=False,
+    )
+    assert bad.returncode == 2 and "precision='half' must be one of" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
     missing = run("scripts/evaluate.py", f"checkpoint={tmp_path / 'none.pt'}", check=False)
     assert missing.returncode == 2

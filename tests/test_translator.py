@@ -4,6 +4,7 @@ import io
 import logging
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,3 +101,27 @@ def test_ctrl_c_at_the_prompt_ends_quietly(translator):
     out = io.StringIO()
     prompt_loop(translator, inp=Interrupting(), out=out)  # no exception escapes
     assert out.getvalue().endswith("> \n")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_decode_precision_is_the_models_arithmetic_during_search(translator, precision):
+    seen = []
+    layer = translator.model.decoder_layers[0].ff.fc1
+    handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    translator.precision = precision
+    try:
+        out = translator.translate(synthetic_sentences(3, seed=7))
+    finally:
+        handle.remove()
+    assert len(out) == 3 and all(isinstance(line, str) for line in out)
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert seen and set(seen) == {expected}
+    # Outside the search the model is back in its own arithmetic.
+    assert layer(torch.zeros(1, layer.in_features)).dtype == torch.float32
+
+
+def test_unknown_decode_precision_is_rejected_with_the_option_name():
+    from mt.config import DecodeConfig, RunConfig, validate_run_config
+
+    with pytest.raises(ValueError, match="decode.precision='half' must be one of auto, fp32"):
+        validate_run_config(RunConfig(decode=DecodeConfig(precision="half")))
