@@ -1,7 +1,8 @@
 #!/bin/bash
 # One short GPU check (a lent GPU machine has minutes, not hours): the benchmark with a trained
-# checkpoint, a 1-minute training run of the de->en recipe, and the training loop's tokens/s
-# against the benchmark's. Results land in $OUT (or ./gpu_check_out).
+# checkpoint, a 1-minute training run of the de->en recipe, the training loop's tokens/s
+# against the benchmark's, then a profiled benchmark round. Results land in $OUT (or
+# ./gpu_check_out).
 #
 #   bash benchmarks/gpu_check.sh CHECKPOINT [DATA_DIR]
 #
@@ -43,3 +44,10 @@ print(f"benchmark, unseen shapes {bench['unseen_shapes_tgt_tokens_per_s']:>12,.0
 print(f"training loop, 1 minute  {loop:>12,.0f} tgt tok/s "
       f"({loop / bench['tgt_tokens_per_s']:.2f} of the benchmark)")
 PY
+# Last, as it is the least tried on a GPU: where a step's time goes (bench.profile, device time
+# of the aten operators), training only, one short round.
+step profile 120 python3 scripts/benchmark.py data.dir="$DATA" bench.profile=true \
+  bench.rounds=1 bench.probe_size=8192 hydra.run.dir=/tmp/gpu_check_profile
+for f in benchmark.json profile_train.txt profile_train_fp32.txt; do
+  cp "/tmp/gpu_check_profile/$f" "$OUT/profile_$f" 2>/dev/null
+done
