@@ -12,7 +12,9 @@ passes for the second -- so :func:`profile_steps` separates them with ``torch.pr
   and the tied output layer, forward and backward) -- how close those products run to the peak;
 - ``ceiling_utilisation``: the model FLOPs over the time of all matrix products (attention's
   ``bmm`` too, which the count leaves out) over the peak -- the utilisation if everything else
-  took no time at all. No removal of overheads can lift ``utilisation`` above it.
+  took no time at all. No removal of overheads can lift ``utilisation`` above it. Attention
+  inside a fused kernel (``_scaled_dot_product_flash_attention*``, our fp32 path) is not
+  counted as a product, which makes the ceiling a looser bound there.
 
 Operator times are the profiler's self times: host time on a CPU; on a GPU, the device time of
 the ``aten::`` operators (not yet checked on a GPU: this project's machines have none). The
