@@ -207,30 +207,25 @@ def benchmark_training(
     tgt = sum(b.n_tgt_tokens for b in timed)
     src = sum(int((b.src != 0).sum()) for b in timed)
     padded = sum(b.src.numel() + b.tgt_out.numel() for b in timed)
-    flops = sum(
+    step_flops = [
         parameter_flops_per_step(ours, int((b.src != 0).sum()), b.n_tgt_tokens) for b in timed
-    )
+    ]
+    flops = sum(step_flops)
     achieved = flops / seconds["ours"]
     profiles = {}
     if bench.profile:  # the first round's batches again, under the profiler
         chunk = timed[:per_round]
-        chunk_flops = sum(
-            parameter_flops_per_step(ours, int((b.src != 0).sum()), b.n_tgt_tokens) for b in chunk
-        )
         # Our step in the training precision, and in fp32 when that was timed too.
-        for key, prec, prec_peak in (
-            ("profile", precision, peak),
-            ("fp32_profile", "fp32", fp32_peak),
-        ):
-            if key == "fp32_profile" and "ours_fp32" not in seconds:
-                continue
+        targets = [("profile", precision, peak, "profile_train.txt")]
+        if "ours_fp32" in seconds:
+            targets.append(("fp32_profile", "fp32", fp32_peak, "profile_train_fp32.txt"))
+        for key, prec, prec_peak, table_file in targets:
             prof = profile_steps(
                 lambda prec=prec: time_steps(ours, opts[ours], chunk, device, cfg, prec), device
             )
-            profiles[key] = prof.summary(chunk_flops, prec_peak)
+            profiles[key] = prof.summary(sum(step_flops[:per_round]), prec_peak)
             if out_dir is not None:
-                name = "profile_train.txt" if key == "profile" else "profile_train_fp32.txt"
-                (Path(out_dir) / name).write_text(prof.table)
+                (Path(out_dir) / table_file).write_text(prof.table)
     return {
         "tgt_tokens_per_s": round(tgt / seconds["ours"], 1),
         "src_tgt_tokens_per_s": round((src + tgt) / seconds["ours"], 1),

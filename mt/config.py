@@ -174,7 +174,7 @@ class DecodeConfig:
     precision: str = "fp32"
     """``fp32``, ``bf16``, ``fp16`` or ``auto`` (as ``train.precision``: bf16 where it is fast).
     bf16 decodes faster on CPUs with bf16 units (the tiny model on the project's AVX512-BF16
-    machine: greedy 1.4x, beam 5 1.8x, validation BLEU within 0.1) but may change some outputs;
+    machine: greedy 1.4x, beam 5 1.8x, validation BLEU within 0.15) but may change some outputs;
     fp32, the default, translates a checkpoint the same on every machine."""
 
 

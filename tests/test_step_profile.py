@@ -33,8 +33,6 @@ def test_summary_arithmetic():
     assert s["linear_matmul_flop_per_s"] == 4  # 12 / (2 + 1): bmm is not in the count
     assert s["ceiling_utilisation"] == 1.5  # 12 / 4 / 2
     assert s["top_ops_share"] == {"aten::mul": 0.5, "aten::mm": 0.25}
-    # Utilisation over the whole step can never exceed the ceiling.
-    assert 12.0 / prof.total_seconds / 2.0 <= s["ceiling_utilisation"]
 
 
 def test_summary_without_products():
