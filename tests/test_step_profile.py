@@ -1,4 +1,4 @@
-"""The step profile separates matrix products from the rest, and its ceiling bounds utilisation."""
+"""The step profile separates matrix products from the rest of a step; its summary arithmetic."""
 
 import torch
 
