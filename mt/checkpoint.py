@@ -18,8 +18,9 @@ from typing import Any
 import torch
 
 from mt.config import RunConfig, run_config_from_dict, to_dict
-from mt.model import Transformer, build_model
-from mt.tokenizer import Tokenizer
+from mt.data.tokenizer import Tokenizer
+from mt.kernels import use_kernels
+from mt.model.transformer import Transformer, build_model
 
 FORMAT_VERSION = 1
 
@@ -79,6 +80,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     config = run_config_from_dict(payload["config"])
     tokenizer = Tokenizer(payload["tokenizer"])
     model = build_model(config.model, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+    use_kernels(model, config.model.kernels)
     load_weights(model, payload["model"], source=str(path))
     model.to(device).eval()
     return LoadedModel(model, tokenizer, config, payload)

@@ -81,6 +81,11 @@ class ModelConfig:
     """Layer norm before each sub-layer (stabler, no warm-up sensitivity); False = the paper's."""
     max_positions: int = 1024
     """Longest sequence (in subword tokens) the positional table covers."""
+    kernels: str = "auto"
+    """``auto``: the fast paths of ``mt/kernels/`` (integer dropout masks on a CPU, whose rate
+    is rounded to a multiple of 1/256; fused attention; the blockwise loss); ``plain``: the
+    model exactly as written in ``mt/model/`` (``nn.Dropout`` at exactly the configured rate).
+    Both compute the same function (tests/test_kernels.py)."""
 
 
 @dataclass
@@ -308,6 +313,7 @@ def validate_run_config(cfg: RunConfig) -> None:
             f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}: "
             "choose sizes where d_model / n_heads is a whole number"
         )
+    check_kernels(m.kernels)
     _probability("model.dropout", m.dropout)
     _probability("model.attention_dropout", m.attention_dropout)
     _positive(
@@ -384,6 +390,12 @@ def validate_run_config(cfg: RunConfig) -> None:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+KERNELS = ("auto", "plain")
+
+
+def check_kernels(value: str, option: str = "model.kernels") -> None:
+    if value not in KERNELS:
+        raise ValueError(f"{option}={value!r} must be one of {', '.join(KERNELS)}")
 
 
 def validate_precision(option: str, value: str) -> None:

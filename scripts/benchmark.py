@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mt.benchmark import format_table, run_benchmark
+from mt.bench.benchmark import format_table, run_benchmark
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs, validate_run_config
 

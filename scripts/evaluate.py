@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs
-from mt.evaluation import evaluate_checkpoint
+from mt.decoding.evaluation import evaluate_checkpoint
 
 register_configs()
 

@@ -7,7 +7,7 @@ Reads ``RUN_DIR/tensorboard`` and writes loss, validation BLEU and learning rate
 import sys
 from pathlib import Path
 
-from mt.curves import plot_curves
+from mt.plots.curves import plot_curves
 
 
 def main(argv: list[str]) -> int:

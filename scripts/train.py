@@ -19,7 +19,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs, validate_run_config
-from mt.trainer import Trainer, TrainingInterrupted
+from mt.training.trainer import Trainer, TrainingInterrupted
 
 register_configs()
 log = logging.getLogger("mt")

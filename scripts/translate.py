@@ -12,13 +12,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mt.attention_plot import cross_attention, resolve_layer, save_plot
 from mt.checkpoint import load_model
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs, validate_decode, validate_precision
-from mt.interactive import prompt_loop, text_lines, translate_stream
+from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
+from mt.decoding.translator import Translator
+from mt.plots.attention import cross_attention, resolve_layer, save_plot
 from mt.runtime import use_device
-from mt.translator import Translator
 
 register_configs()
 

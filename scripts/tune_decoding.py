@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs
-from mt.evaluation import tune_decoding
+from mt.decoding.evaluation import tune_decoding
 
 register_configs()
 

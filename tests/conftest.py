@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mt.config import DataConfig, DecodeConfig, ModelConfig, RunConfig, TrainConfig
-from mt.model import Transformer
+from mt.model.transformer import Transformer
 
 
 @pytest.fixture(autouse=True)
@@ -55,14 +55,14 @@ def write_corpus(directory: Path, split: str, pairs: dict[str, list[str]], gz: b
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from mt.tokenizer import Tokenizer
+    from mt.data.tokenizer import Tokenizer
 
     return Tokenizer.train(synthetic_sentences(400), vocab_size=320)
 
 
 def random_translator(tokenizer, *, n_decoder_layers: int = 1, **search):
     """An untrained small model behind a Translator: for plumbing tests, not for quality."""
-    from mt.translator import Translator
+    from mt.decoding.translator import Translator
 
     model = small_model(
         vocab_size=tokenizer.vocab_size,
@@ -128,7 +128,7 @@ def straight_and_resumed(cfg: RunConfig, tmp_path: Path, stop_at: int) -> tuple[
 
     from mt.checkpoint import load_checkpoint
     from mt.loggers import ListLogger
-    from mt.trainer import Trainer
+    from mt.training.trainer import Trainer
 
     Trainer(cfg, tmp_path / "straight", logger=ListLogger()).fit()
     first = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_steps=stop_at))

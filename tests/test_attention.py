@@ -1,12 +1,15 @@
-"""Attention against the formula written out by hand; masks; weight capture."""
+"""The plain attention against the formula written out by hand; masks; weight capture.
+(The fast kernels against the plain one: tests/test_kernels.py.)"""
 
 import math
 
 import pytest
 import torch
 
-from mt.masks import causal_mask, padding_mask
-from mt.modules.attention import MultiHeadAttention, capture_attention, scaled_dot_product_attention
+from mt.kernels import use_kernels
+from mt.kernels.attention import fast_attention
+from mt.model.attention import MultiHeadAttention, capture_attention, scaled_dot_product_attention
+from mt.model.masks import causal_mask, padding_mask
 from tests.conftest import small_model
 
 
@@ -30,7 +33,7 @@ def by_hand(q, k, v, mask=None):
 def test_scaled_dot_product_matches_formula():
     q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 3, 5, 8), torch.randn(2, 3, 5, 8)
     mask = padding_mask(torch.tensor([[False] * 5, [False, False, False, True, True]]))
-    out, weights = scaled_dot_product_attention(q, k, v, mask)
+    out, weights = scaled_dot_product_attention(q, k, v, mask=mask)
     ref_out, ref_weights = by_hand(q, k, v, mask)
     torch.testing.assert_close(out, ref_out)
     torch.testing.assert_close(weights, ref_weights)
@@ -38,32 +41,33 @@ def test_scaled_dot_product_matches_formula():
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 4))
 
 
-def test_multi_head_attention_matches_formula_and_fused_path():
+def test_multi_head_attention_matches_formula():
     mha = MultiHeadAttention(d_model=16, n_heads=4).eval()
     x, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
     mask = padding_mask(torch.tensor([[False] * 7, [False] * 4 + [True] * 3]))
-    fused, none = mha(x, mem, mask=mask)
-    assert none is None
+    out, none = mha(x, mem, mask=mask)
+    assert none is None  # weights only when asked for
     mha.need_weights = True
-    explicit, weights = mha(x, mem, mask=mask)
+    again, weights = mha(x, mem, mask=mask)
     q = mha.split_heads(mha.q_proj(x))
     k, v = mha.project_kv(mem)
     ref, ref_weights = by_hand(q, k, v, mask)
     ref = mha.out_proj(ref.transpose(1, 2).reshape(2, 5, 16))
-    torch.testing.assert_close(explicit, ref, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, out)
     torch.testing.assert_close(weights, ref_weights, atol=1e-6, rtol=1e-5)
 
 
-def test_causal_self_attention_explicit_equals_fused():
+def test_causal_self_attention_attends_only_to_the_past():
     mha = MultiHeadAttention(d_model=16, n_heads=2).eval()
     x = torch.randn(3, 6, 16)
-    fused, _ = mha(x, is_causal=True)
     mha.need_weights = True
-    explicit, weights = mha(x, is_causal=True)
-    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    out, weights = mha(x, is_causal=True)
     upper = ~causal_mask(6)[0, 0]
     assert torch.all(weights[..., upper] == 0)
+    changed = x.clone()
+    changed[:, 4:] = torch.randn(3, 2, 16)  # later positions cannot change earlier outputs
+    torch.testing.assert_close(mha(changed, is_causal=True)[0][:, :4], out[:, :4])
 
 
 def test_mask_polarity_true_means_attend():
@@ -82,8 +86,8 @@ def test_indivisible_heads_is_a_clear_error():
         MultiHeadAttention(d_model=10, n_heads=4)
 
 
-def test_capture_attention_returns_real_weights_and_restores_fast_path():
-    model = small_model()
+def test_capture_attention_returns_real_weights_and_restores_the_kernels():
+    model = use_kernels(small_model(), "auto")  # fused attention: no weights of its own
     src = torch.randint(4, 23, (2, 5))
     src[1, 3:] = 0
     tgt = torch.randint(4, 23, (2, 4))
@@ -95,27 +99,5 @@ def test_capture_attention_returns_real_weights_and_restores_fast_path():
     assert cross.shape == (2, 2, 4, 5)
     torch.testing.assert_close(cross.sum(-1), torch.ones(2, 2, 4))
     assert torch.all(cross[1, :, :, 3:] == 0)
-    assert all(not m.need_weights for m in model.modules() if isinstance(m, MultiHeadAttention))
-
-
-def test_cpu_bf16_autocast_takes_the_explicit_path_with_a_float32_softmax(monkeypatch):
-    """Under CPU bf16 autocast attention multiplies in bf16, normalises in fp32 and returns bf16:
-    close to the fp32 result, gradients flowing, and PyTorch's fused kernel not called."""
-    mha = MultiHeadAttention(d_model=16, n_heads=4)
-    x, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16, requires_grad=True)
-    mask = padding_mask(torch.tensor([[False] * 7, [False] * 4 + [True] * 3]))
-    reference, _ = mha(x, mem, mask=mask)  # fp32, fused kernel
-    causal_reference, _ = mha(x, is_causal=True)
-
-    def fused_kernel(*args, **kwargs):
-        raise AssertionError("the fused kernel ran under CPU bf16")
-
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", fused_kernel)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, weights = mha(x, mem, mask=mask)
-        causal, _ = mha(x, is_causal=True)
-    assert out.dtype == torch.bfloat16 and weights is None
-    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.05)  # bf16 matmuls
-    torch.testing.assert_close(causal.float(), causal_reference, atol=0.05, rtol=0.05)
-    out.float().sum().backward()  # gradients flow through the bf16 path
-    assert mem.grad is not None and torch.isfinite(mem.grad).all()
+    attentions = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    assert all(not m.need_weights and m.attention is fast_attention for m in attentions)

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from mt.attention_plot import cross_attention, save_plot
-from mt.masks import padding_mask
-from mt.modules.attention import scaled_dot_product_attention
+from mt.model.attention import scaled_dot_product_attention
+from mt.model.masks import padding_mask
+from mt.plots.attention import cross_attention, save_plot
 from tests.conftest import random_translator
 
 
@@ -52,8 +52,8 @@ def test_missing_layer_is_a_clear_error(translator):
 
 
 def test_training_curves_png_from_tensorboard(tmp_path):
-    from mt.curves import plot_curves, read_scalars
     from mt.loggers import TensorBoardLogger
+    from mt.plots.curves import plot_curves, read_scalars
 
     logger = TensorBoardLogger(tmp_path / "tb")
     for step in (10, 20, 30):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from mt.checkpoint import model_payload, save_checkpoint
 from mt.config import DataConfig, ModelConfig, RunConfig
-from mt.model import build_model
-from mt.tokenizer import Tokenizer
+from mt.data.tokenizer import Tokenizer
+from mt.model.transformer import build_model
 from tests.conftest import synthetic_corpus_overrides, synthetic_sentences, write_corpus
 
 ROOT = Path(__file__).resolve().parents[1]

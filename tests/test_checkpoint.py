@@ -8,7 +8,7 @@ import torch
 
 from mt.checkpoint import load_checkpoint, load_model, model_payload, save_checkpoint
 from mt.config import ModelConfig, RunConfig
-from mt.model import build_model
+from mt.model.transformer import build_model
 
 
 def make_checkpoint(tmp_path, tokenizer, **model_kw):

@@ -7,9 +7,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from mt.batching import ParallelData, TokenIds, collate, pad, token_batches
 from mt.config import DataConfig
-from mt.data import (
+from mt.data.batching import ParallelData, TokenIds, collate, pad, token_batches
+from mt.data.corpus import (
     ensure_split_files,
     filter_training_pairs,
     load_split,

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mt.batching import collate
 from mt.checkpoint import load_checkpoint
-from mt.distributed import from_env, update_slices
+from mt.data.batching import collate
 from mt.loggers import ListLogger
-from mt.trainer import Trainer
+from mt.training.distributed import from_env, update_slices
+from mt.training.trainer import Trainer
 from tests.conftest import small_run, synthetic_corpus_overrides
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from mt.config import RunConfig, TrainConfig, validate_run_config
 from mt.loggers import ListLogger
-from mt.trainer import Trainer
+from mt.training.trainer import Trainer
 from tests.conftest import small_run
 from tests.test_distributed import as_rank, free_port
 

@@ -12,7 +12,7 @@ import pytest
 
 from mt.config import DataConfig, DecodeConfig, ModelConfig, RunConfig, TrainConfig
 from mt.loggers import ListLogger
-from mt.trainer import Trainer
+from mt.training.trainer import Trainer
 from tests.conftest import write_corpus
 
 SYMBOLS = list("abcdefghij")

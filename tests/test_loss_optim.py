@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mt.loss
+import mt.kernels.loss
 from mt.config import TrainConfig
+from mt.kernels.loss import label_smoothed_nll
 from mt.loggers import ListLogger
-from mt.loss import label_smoothed_nll
-from mt.modules.embeddings import sinusoidal_table
-from mt.optim import build_optimizer, build_scheduler, inverse_sqrt, lr_multiplier
-from mt.trainer import Trainer
+from mt.model.embeddings import sinusoidal_table
+from mt.training.optim import build_optimizer, build_scheduler, inverse_sqrt, lr_multiplier
+from mt.training.trainer import Trainer
 from tests.conftest import small_run
 
 
@@ -145,7 +145,7 @@ def test_blocks_of_rows_give_the_same_loss_and_gradient(monkeypatch):
     logits = torch.randn(2, 5, 13, requires_grad=True)  # N = 10 rows
     target = torch.randint(1, 13, (2, 5))
     target[1, 3:] = 0
-    monkeypatch.setattr(mt.loss, "CPU_BLOCK_VALUES", 3 * 13)  # blocks of 3, 3, 3 and 1 rows
+    monkeypatch.setattr(mt.kernels.loss, "CPU_BLOCK_VALUES", 3 * 13)  # blocks of 3, 3, 3 and 1 rows
     loss, _, _ = label_smoothed_nll(logits, target, epsilon=0.1, pad_id=0)
     (grad,) = torch.autograd.grad(loss, logits)
     ref_logits = logits.detach().double().requires_grad_()

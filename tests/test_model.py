@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mt.masks import padding_mask
+from mt.model.masks import padding_mask
 from tests.conftest import small_model
 
 
@@ -71,43 +71,3 @@ def test_too_long_input_is_a_clear_error():
     src, tgt = random_batch(s=9)
     with pytest.raises(ValueError, match="max_positions=8"):
         model(src, tgt)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.999])
-def test_dropout_mask_bit_patterns_equal_the_plain_definition(dtype, p):
-    """The mask is built from integer bit patterns; it must equal ``(byte >= threshold) * scale``
-    from the same random draws, in every float type (0.999 keeps 1 byte value in 256)."""
-    from mt.modules.dropout import keep_mask
-
-    shape = torch.Size([37, 29])  # 1,073 elements: not a multiple of the 8 bytes per draw
-    torch.manual_seed(5)
-    mask = keep_mask(shape, p, dtype)
-    torch.manual_seed(5)
-    words = torch.empty((shape.numel() + 7) // 8, dtype=torch.int64).random_(-(2**63), None)
-    byte = words.view(torch.uint8)[: shape.numel()].view(shape)
-    threshold = min(round(p * 256), 255)
-    expected = (byte >= threshold).to(dtype) * torch.tensor(256 / (256 - threshold), dtype=dtype)
-    assert mask.dtype == dtype
-    assert torch.equal(mask, expected)
-    assert 0 < int((mask == 0).sum()) < shape.numel()
-
-
-def test_dropout_rate_scale_and_reproducibility():
-    from mt.modules.dropout import Dropout
-
-    drop = Dropout(0.1).train()
-    x = torch.ones(400_000)
-    torch.manual_seed(3)
-    a = drop(x)
-    torch.manual_seed(3)
-    b = drop(x)
-    assert torch.equal(a, b)  # the default generator drives the mask (seeds, checkpoints)
-    dropped = (a == 0).float().mean().item()
-    assert abs(dropped - 26 / 256) < 0.003  # 0.1 rounded to a multiple of 1/256
-    assert abs(a.mean().item() - 1.0) < 0.01  # kept values scaled: expectation preserved
-    assert torch.equal(drop.eval()(x), x)
-    y = torch.randn(64, 32, requires_grad=True)
-    out = Dropout(0.5).train()(y)
-    out.sum().backward()
-    torch.testing.assert_close(y.grad, (out != 0).float() * 2.0)  # gradient through kept only

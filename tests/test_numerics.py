@@ -5,16 +5,16 @@ import json
 import pytest
 import torch
 
-import mt.trainer
+import mt.kernels.loss
 from mt.checkpoint import load_checkpoint
 from mt.loggers import ListLogger
-from mt.trainer import Trainer, TrainingDiverged
+from mt.training.trainer import Trainer, TrainingDiverged
 from tests.conftest import small_run
 
 
 def poison(monkeypatch, bad_calls: set[int]):
     """Make the loss NaN on the given (1-based) training calls."""
-    real = mt.trainer.label_smoothed_nll
+    real = mt.kernels.loss.label_smoothed_nll
     calls = {"n": 0}
 
     def loss(logits, target, *, epsilon, pad_id):
@@ -25,7 +25,7 @@ def poison(monkeypatch, bad_calls: set[int]):
                 loss_sum = loss_sum * torch.nan
         return loss_sum, nll_sum, n
 
-    monkeypatch.setattr(mt.trainer, "label_smoothed_nll", loss)
+    monkeypatch.setattr(mt.kernels.loss, "label_smoothed_nll", loss)
 
 
 def test_nonfinite_updates_are_skipped_and_counted(tmp_path, monkeypatch):

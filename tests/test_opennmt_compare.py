@@ -8,14 +8,14 @@ import textwrap
 
 import pytest
 
-from mt.opennmt_compare import (
+from mt.bench.opennmt_compare import (
     compare_with_opennmt,
     export_pieces,
     opennmt_config,
     parse_opennmt_log,
     steady,
 )
-from mt.prepare import prepare_data
+from mt.data.prepare import prepare_data
 from tests.conftest import small_run
 
 # Two report lines in OpenNMT-py 3.5's format.

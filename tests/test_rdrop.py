@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mt.loss
+import mt.kernels.loss
 from mt.config import ModelConfig, RunConfig, TrainConfig, validate_run_config
+from mt.kernels.loss import symmetric_kl
 from mt.loggers import ListLogger
-from mt.loss import symmetric_kl
-from mt.trainer import Trainer
+from mt.training.trainer import Trainer
 from tests.conftest import small_run
 
 
@@ -30,7 +30,7 @@ def test_symmetric_kl_and_its_gradients_match_autograd_across_uneven_blocks(monk
     logits_q = (torch.randn(3, 5, 13) * 3).requires_grad_()
     target = torch.randint(1, 13, (3, 5))
     target[0, 3:] = 0
-    monkeypatch.setattr(mt.loss, "CPU_BLOCK_VALUES", 4 * 13)  # blocks of 4, 4, 4 and 3 rows
+    monkeypatch.setattr(mt.kernels.loss, "CPU_BLOCK_VALUES", 4 * 13)  # blocks of 4, 4, 4 and 3 rows
     kl = symmetric_kl(logits_p, logits_q, target, pad_id=0)
     grad_p, grad_q = both_gradients(kl, logits_p, logits_q)
     ref_p = logits_p.detach().double().requires_grad_()

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mt.search import SpecialIds, beam_search, greedy_search
+from mt.decoding.search import SpecialIds, beam_search, greedy_search
 from tests.conftest import small_model
 
 IDS = SpecialIds(pad=0, bos=1, eos=2)

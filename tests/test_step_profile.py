@@ -2,7 +2,7 @@
 
 import torch
 
-from mt.step_profile import MATMUL_OPS, StepProfile, profile_steps
+from mt.bench.step_profile import MATMUL_OPS, StepProfile, profile_steps
 
 
 def test_profile_finds_the_products_of_a_training_step():

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mt.config import DataConfig
-from mt.data import filter_training_pairs, load_split, tokenize
-from mt.streaming import StreamingTrainData, stream_pairs
+from mt.data.corpus import filter_training_pairs, load_split, tokenize
+from mt.data.streaming import StreamingTrainData, stream_pairs
 from tests.conftest import small_run, straight_and_resumed, write_corpus
 
 

@@ -7,15 +7,15 @@ import threading
 import pytest
 import torch
 
-from mt.batching import ParallelData
 from mt.checkpoint import load_checkpoint
 from mt.config import validate_run_config
+from mt.data.batching import ParallelData
+from mt.data.prepare import prepare_data
+from mt.data.streaming import StreamingTrainData
+from mt.data.subword_sampling import SampledTrainData, sample_encode
+from mt.data.tokenizer import Tokenizer
 from mt.loggers import ListLogger
-from mt.prepare import prepare_data
-from mt.streaming import StreamingTrainData
-from mt.subword_sampling import SampledTrainData, sample_encode
-from mt.tokenizer import Tokenizer
-from mt.trainer import Trainer
+from mt.training.trainer import Trainer
 from tests.conftest import small_run, straight_and_resumed, synthetic_sentences
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from mt.tokenizer import Tokenizer
+from mt.data.tokenizer import Tokenizer
 from tests.conftest import synthetic_sentences
 
 

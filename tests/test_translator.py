@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mt.interactive import prompt_loop, text_lines, translate_stream
+from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
 from tests.conftest import random_translator, synthetic_sentences
 
 

@@ -6,10 +6,10 @@ import math
 
 import torch
 
+from mt.data.prepare import prepare_data
 from mt.metrics import score
-from mt.model import build_model
-from mt.prepare import prepare_data
-from mt.validation import Validator
+from mt.model.transformer import build_model
+from mt.training.validation import Validator
 from tests.conftest import small_run
 
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mt.batching import pad
-from mt.data import clean_line
-from mt.model import Transformer
+from mt.data.batching import pad
+from mt.data.corpus import clean_line
+from mt.data.tokenizer import Tokenizer
+from mt.decoding.search import SpecialIds, beam_search, greedy_search
+from mt.model.transformer import Transformer
 from mt.runtime import autocast, resolve_precision
-from mt.search import SpecialIds, beam_search, greedy_search
-from mt.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -2,53 +2,58 @@
 
 Legend: B batch, H heads, Tq query length, Tk key length, D d_model, Dh head dim (D / H).
 
-Two paths compute the same function:
-- the explicit one, ``softmax(Q K^T / sqrt(Dh)) V`` written out, which also returns the
-  attention weights (for inspection, plots and tests);
-- the fused one, ``torch.nn.functional.scaled_dot_product_attention``, used whenever the
-  weights are not requested (faster, less memory) -- except under bf16 on a CPU, below.
-
-The explicit path multiplies in the inputs' dtype and takes the softmax in float32. Under bf16
-autocast on a CPU it is also the fast path: PyTorch's CPU flash-attention is slow in bf16 (its
-backward took 31% of a bf16 training step of the tiny model), and running it in float32 instead
-costs casts of q, k, v and the output; the explicit path with bf16 matmuls was 1.7x faster
-than that (forward + backward, one thread, from 240 sentences of 17 tokens to 8 of 512).
+This is the formula as written, ``softmax(Q K^T / sqrt(Dh)) V``. A faster function with the same
+signature (``mt/kernels/attention.py``) can take its place in each layer: ``model.kernels``
+chooses, and the weights are always computed here when someone asks to see them.
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mt.masks import causal_mask
-from mt.modules.dropout import dropout
+from mt.model.masks import causal_mask
+
+# (q, k, v, *, mask, is_causal, dropout_p) -> (output, weights or None)
+AttentionFunction = Callable[..., tuple[Tensor, Tensor | None]]
 
 
 def scaled_dot_product_attention(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, dropout_p: float = 0.0
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    dropout_p: float = 0.0,
 ) -> tuple[Tensor, Tensor]:
-    """``softmax(q k^T / sqrt(Dh)) v``, written out.
+    """``softmax(q k^T / sqrt(Dh)) v`` (section 3.2.1).
 
-    The products run in the inputs' dtype, the scores and softmax in float32 (in bf16 the
-    softmax of ~20 scores would keep only 2-3 significant digits per weight).
+    The scores and the softmax are float32 whatever the inputs' dtype: in bf16 the softmax of
+    ~20 scores would keep only 2-3 significant digits per weight.
 
     Args:
         q: (B, H, Tq, Dh); k, v: (B, H, Tk, Dh).
         mask: bool, broadcastable to (B, H, Tq, Tk); True = may attend.
+        is_causal: also forbid attending to later positions (decoder self-attention).
+        dropout_p: dropout on the attention weights (training only).
     Returns:
         output (B, H, Tq, Dh) in v's dtype and weights (B, H, Tq, Tk) in float32, each row
         summing to 1.
     """
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
+    if is_causal:
+        causal = causal_mask(q.size(2), q.device)  # (1, 1, Tq, Tq)
+        mask = causal if mask is None else mask & causal
     if mask is not None:
         # The dtype's minimum, not -1e9: exact zeros after softmax, and no NaN in a row with
         # no key to attend to.
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1)
-    dropped = dropout(weights, dropout_p, training=True) if dropout_p > 0 else weights
+    dropped = F.dropout(weights, dropout_p, training=dropout_p > 0)
     return dropped.to(v.dtype) @ v, weights
 
 
@@ -80,8 +85,9 @@ class KVCache:
 class MultiHeadAttention(nn.Module):
     """H attention heads over learned projections of queries, keys and values (section 3.2.2).
 
-    Set ``need_weights`` (see :func:`capture_attention`) to get the weights from the explicit
-    path; otherwise the fused kernel runs.
+    ``attention`` is the function that attends (the plain one above unless a kernel replaced
+    it); with ``need_weights`` set (see :func:`capture_attention`) the plain one always runs,
+    so that the weights exist.
     """
 
     def __init__(self, *, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
@@ -95,6 +101,7 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, d_model)
         self.v_proj = nn.Linear(d_model, d_model)
         self.out_proj = nn.Linear(d_model, d_model)
+        self.attention: AttentionFunction = scaled_dot_product_attention
         self.need_weights = False
 
     def split_heads(self, x: Tensor) -> Tensor:
@@ -131,53 +138,24 @@ class MultiHeadAttention(nn.Module):
                 k, v = cache.append(k, v)  # (B, H, t, Dh): all steps so far
         else:
             k, v = kv
-        out, weights = self.attend(q, k, v, mask=mask, is_causal=is_causal)
+        attend = scaled_dot_product_attention if self.need_weights else self.attention
+        dropout_p = self.dropout if self.training else 0.0
+        out, weights = attend(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
         b, _, tq, _ = out.shape
         out = out.transpose(1, 2).reshape(b, tq, self.n_heads * self.head_dim)  # (B, Tq, D)
-        return self.out_proj(out), weights
-
-    def attend(
-        self, q: Tensor, k: Tensor, v: Tensor, *, mask: Tensor | None, is_causal: bool
-    ) -> tuple[Tensor, Tensor | None]:
-        dropout_p = self.dropout if self.training else 0.0
-        # bf16 on a CPU: the explicit path is the fast one (module docstring).
-        if self.need_weights or (q.device.type == "cpu" and q.dtype == torch.bfloat16):
-            if is_causal:
-                causal = causal_mask(q.size(2), q.device)
-                mask = causal if mask is None else mask & causal
-            with torch.autocast(q.device.type, enabled=False):  # products in q's dtype
-                out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
-            return out, weights if self.need_weights else None
-        causal_only = is_causal and mask is None
-        if q.device.type == "cpu" and q.dtype == torch.float16:
-            # PyTorch's CPU flash-attention kernels are slow in reduced precision: fp16 on a
-            # CPU attends in fp32 and casts back.
-            with torch.autocast("cpu", enabled=False):
-                out = F.scaled_dot_product_attention(
-                    q.float(),
-                    k.float(),
-                    v.float(),
-                    attn_mask=mask,
-                    dropout_p=dropout_p,
-                    is_causal=causal_only,
-                )
-            return out.to(q.dtype), None
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal_only
-        )
-        return out, None
+        return self.out_proj(out), weights if self.need_weights else None
 
 
 @contextmanager
 def capture_attention(model: nn.Module) -> Iterator[dict[str, list[Tensor]]]:
     """Record the attention weights of every MultiHeadAttention in ``model``.
 
-    Yields a dict from module name (e.g. ``decoder.layers.2.cross_attn``) to the list of weights
+    Yields a dict from module name (e.g. ``decoder_layers.2.cross_attn``) to the list of weights
     (B, H, Tq, Tk) it produced, one per call, in call order::
 
         with capture_attention(model) as weights:
             model(src, tgt_in)
-        cross = weights["decoder.layers.0.cross_attn"][0]
+        cross = weights["decoder_layers.0.cross_attn"][0]
     """
     records: dict[str, list[Tensor]] = {}
     handles = []

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from mt.masks import padding_mask
+from mt.model.masks import padding_mask
 
 
 class Searchable(Protocol):

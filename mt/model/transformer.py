@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from torch import Tensor, nn
 
 from mt.config import ModelConfig
-from mt.masks import padding_mask
-from mt.modules.attention import KVCache
-from mt.modules.embeddings import PositionalEncoding, TokenEmbedding
-from mt.modules.layers import DecoderLayer, EncoderLayer
+from mt.model.attention import KVCache
+from mt.model.embeddings import PositionalEncoding, TokenEmbedding
+from mt.model.layers import DecoderLayer, EncoderLayer
+from mt.model.masks import padding_mask
 
 
 @dataclass

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import torch
 from torch import Tensor
 
-from mt.tokenizer import Tokenizer
+from mt.data.tokenizer import Tokenizer
 
 
 @dataclass

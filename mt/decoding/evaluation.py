@@ -14,10 +14,10 @@ from mt.config import (
     validate_decode,
     validate_precision,
 )
-from mt.data import load_split
+from mt.data.corpus import load_split
+from mt.decoding.translator import Translator
 from mt.metrics import score
 from mt.runtime import use_device
-from mt.translator import Translator
 
 log = logging.getLogger(__name__)
 

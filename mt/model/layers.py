@@ -9,8 +9,7 @@ Legend: B batch, S source length, T target length, D d_model, F d_ff, H heads, D
 
 from torch import Tensor, nn
 
-from mt.modules.attention import KVCache, MultiHeadAttention
-from mt.modules.dropout import Dropout
+from mt.model.attention import KVCache, MultiHeadAttention
 
 
 class FeedForward(nn.Module):
@@ -20,7 +19,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(d_model, d_ff)
         self.fc2 = nn.Linear(d_ff, d_model)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, D)."""
@@ -33,7 +32,7 @@ class Residual(nn.Module):
     def __init__(self, *, d_model: int, dropout: float, pre_norm: bool) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, sublayer) -> Tensor:

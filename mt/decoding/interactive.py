@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, TextIO
 
-from mt.translator import Translator
+from mt.decoding.translator import Translator
 
 PROMPT = "> "
 LineHook = Callable[[int, str], None]

@@ -4,7 +4,7 @@ With ``data.streaming=true`` the training split is never loaded whole. Each epoc
 source/target files (or a hub dataset in ``datasets``' streaming mode) from the start and cuts
 them into windows of ``data.window_pairs`` raw pairs. A window is tokenised by
 ``data.num_proc`` worker processes, filtered like the in-memory data, and served as
-length-bucketed batches in a shuffled order (:class:`mt.batching.ParallelData`); then it is
+length-bucketed batches in a shuffled order (:class:`mt.data.batching.ParallelData`); then it is
 dropped. Memory is bounded by two windows (the one in use and the next, prepared ahead),
 whatever the corpus size.
 
@@ -24,9 +24,9 @@ from itertools import islice
 
 import datasets
 
-from mt.batching import ParallelData
 from mt.config import DataConfig
-from mt.data import (
+from mt.data.batching import ParallelData
+from mt.data.corpus import (
     FilterStats,
     PreparedData,
     clean_line,
@@ -36,8 +36,8 @@ from mt.data import (
     load_eval_set,
     read_pairs,
 )
-from mt.subword_sampling import resample
-from mt.tokenizer import Tokenizer
+from mt.data.subword_sampling import resample
+from mt.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def sample_texts(pairs: Iterable[tuple[str, str]]) -> Iterator[str]:
 def prepare_streaming(
     cfg: DataConfig, *, seed: int = 1, tokenizer: Tokenizer | None = None
 ) -> PreparedData:
-    """Like :func:`mt.data.prepare_in_memory`, with the training split left on disk: SentencePiece
+    """Like :func:`mt.data.corpus.prepare_in_memory`, with the training split left on disk: SentencePiece
     learns from a reservoir sample of one pass over it (``data.spm_max_sentences``)."""
     if tokenizer is None:
         log.info("streaming: sampling the training split for SentencePiece")

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mt.masks import padding_mask
-from mt.model import Transformer
-from mt.modules.attention import capture_attention
-from mt.tokenizer import Tokenizer
-from mt.translator import Translator
+from mt.data.tokenizer import Tokenizer
+from mt.decoding.translator import Translator
+from mt.model.attention import capture_attention
+from mt.model.masks import padding_mask
+from mt.model.transformer import Transformer
 
 
 @dataclass

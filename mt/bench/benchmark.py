@@ -25,18 +25,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from mt.batching import Batch
+from mt.bench.data_pipeline import benchmark_data_pipeline
+from mt.bench.step_profile import profile_steps
 from mt.checkpoint import LoadedModel, load_model
 from mt.config import BenchmarkConfig, BenchmarkRunConfig, RunConfig
-from mt.data import load_split
-from mt.data_benchmark import benchmark_data_pipeline
-from mt.loss import label_smoothed_nll
-from mt.masks import causal_mask
+from mt.data.batching import Batch
+from mt.data.corpus import load_split
+from mt.data.prepare import prepare_data
+from mt.data.tokenizer import Tokenizer
+from mt.decoding.translator import Translator
+from mt.kernels import loss_functions, use_kernels
 from mt.metrics import score
-from mt.model import Transformer, build_model
-from mt.modules.embeddings import PositionalEncoding, TokenEmbedding
-from mt.optim import build_optimizer
-from mt.prepare import prepare_data
+from mt.model.embeddings import PositionalEncoding, TokenEmbedding
+from mt.model.masks import causal_mask
+from mt.model.transformer import Transformer, build_model
 from mt.runtime import (
     autocast,
     matmul_seconds,
@@ -46,9 +48,7 @@ from mt.runtime import (
     sync,
     use_device,
 )
-from mt.step_profile import profile_steps
-from mt.tokenizer import Tokenizer
-from mt.translator import Translator
+from mt.training.optim import build_optimizer
 
 
 class ReferenceTransformer(nn.Module):
@@ -133,7 +133,7 @@ def time_steps(
     for batch in batches:
         batch = batch.to(device)
         with autocast(device, precision):
-            loss_sum, _, _ = label_smoothed_nll(
+            loss_sum, _, _ = loss_functions(cfg.model.kernels).label_smoothed_nll(
                 model(batch.src, batch.tgt_in),
                 batch.tgt_out,
                 epsilon=cfg.train.label_smoothing,
@@ -156,6 +156,7 @@ def benchmark_training(
 ) -> dict:
     data = prepare_data(cfg.data, seed=cfg.seed, tokenizer=tokenizer)
     ours = build_model(cfg.model, vocab_size=data.tokenizer.vocab_size, pad_id=0).to(device)
+    use_kernels(ours, cfg.model.kernels)
     ref = ReferenceTransformer(
         ours,
         n_heads=cfg.model.n_heads,
@@ -335,7 +336,9 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
     if cfg.bench.train:
         result["train"] = benchmark_training(cfg, cfg.bench, tokenizer, device, out)
     if cfg.bench.opennmt_python:
-        from mt.opennmt_compare import compare_with_opennmt  # it builds on mt.trainer
+        from mt.bench.opennmt_compare import (
+            compare_with_opennmt,  # it builds on mt.training.trainer
+        )
 
         result["opennmt"] = compare_with_opennmt(
             cfg,

@@ -1,24 +1,19 @@
-"""Label-smoothed cross-entropy (Szegedy et al. 2016; Vaswani et al. 2017, section 5.4), and
-R-Drop's symmetric KL between two dropout passes (:func:`symmetric_kl`).
+"""The loss of :mod:`mt.model.loss` with its own backward: a drop-in that ``model.kernels=auto``
+chooses. Same arguments, same results (tests/test_kernels.py).
 
-Returns the *sum* over real tokens and their count, so that the caller divides once by the
-number of target tokens in the whole update (the same normalisation for any batching or any
-number of gradient-accumulation steps).
-
-The loss has its own backward: the gradient with respect to the logits is
-``weight * (softmax(logits) - q)`` (q the smoothed target distribution). The (N, V) logits are
-the largest tensor of a step, so both passes walk them in blocks of rows:
+The gradient with respect to the logits is ``weight * (softmax(logits) - q)`` (q the smoothed
+target distribution). The (N, V) logits are the largest tensor of a step, so both passes walk
+them in blocks of rows:
 
 - forward: each block is read once (and widened to float32 when it arrives in bf16/fp16
   under autocast), its log-sum-exp, mean and target logit are taken in float32, and its
   softmax is written to a buffer in the logits' own dtype (kept for backward);
 - backward: each block of that buffer becomes the gradient in place.
 
-Why: no (N, V) float32 tensor exists at any time. Widening the whole bf16 logits to float32
-and keeping float32 exponentials for backward cost two float32 copies of the logits (for a
-GPU batch of 25k tokens and a 32k vocabulary, 3.2 GB each); now the only full-size tensor is
-the softmax in the logits' dtype. On a CPU the speed is the same as the whole-tensor version
-within noise (benchmarks/README.md). Under ``no_grad`` (validation) no softmax is kept at all.
+Why: no (N, V) float32 tensor exists at any time, where autograd over a float32 log-softmax
+keeps two float32 copies of the logits (for a GPU batch of 25k tokens and a 32k vocabulary,
+3.2 GB each). Under ``no_grad`` (validation) no softmax is kept at all. R-Drop's symmetric KL
+(:func:`symmetric_kl`) is computed the same way, recomputing its blocks in backward.
 
 Legend: B batch, T target length, N = B*T positions, V vocabulary.
 """

@@ -31,8 +31,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import sentencepiece as spm
 
-from mt.batching import Batch, ParallelData
-from mt.tokenizer import Tokenizer
+from mt.data.batching import Batch, ParallelData
+from mt.data.tokenizer import Tokenizer
 
 _SEED_LOCK = threading.Lock()
 
@@ -86,7 +86,7 @@ def resample(
 class SampledTrainData:
     """The training split in memory, segmented anew for every epoch.
 
-    Serves the trainer's interface of :class:`mt.batching.ParallelData` (an epoch is one
+    Serves the trainer's interface of :class:`mt.data.batching.ParallelData` (an epoch is one
     window). A sampled segmentation is usually a few pieces longer than the deterministic one;
     where it would exceed ``max_tokens`` (the limit the pairs were filtered with), the pair keeps
     its deterministic encoding, so sampling never brings back a pair the filter dropped.

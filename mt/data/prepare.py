@@ -6,9 +6,9 @@ the training split, so neither has to know the other.
 """
 
 from mt.config import DataConfig
-from mt.data import PreparedData, ensure_split_files, prepare_in_memory
-from mt.streaming import prepare_streaming
-from mt.tokenizer import Tokenizer
+from mt.data.corpus import PreparedData, ensure_split_files, prepare_in_memory
+from mt.data.streaming import prepare_streaming
+from mt.data.tokenizer import Tokenizer
 
 
 def prepare_data(

@@ -20,10 +20,10 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from mt.batching import ParallelData
 from mt.config import DataConfig
-from mt.subword_sampling import SampledTrainData
-from mt.tokenizer import Tokenizer
+from mt.data.batching import ParallelData
+from mt.data.subword_sampling import SampledTrainData
+from mt.data.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 datasets.disable_progress_bars()
@@ -302,7 +302,7 @@ def prepare_in_memory(
     cfg: DataConfig, *, seed: int = 1, tokenizer: Tokenizer | None = None
 ) -> PreparedData:
     """Load all splits into memory, train the joint SentencePiece model (unless ``tokenizer``
-    is given, as when resuming), tokenise and filter. (A run calls :func:`mt.prepare.
+    is given, as when resuming), tokenise and filter. (A run calls :func:`mt.data.prepare.
     prepare_data`, which also knows the streamed alternative.)"""
     train = load_split(cfg, cfg.train_split)
     if cfg.max_train_pairs is not None and cfg.max_train_pairs < len(train):

@@ -8,8 +8,6 @@ import math
 import torch
 from torch import Tensor, nn
 
-from mt.modules.dropout import Dropout
-
 
 class TokenEmbedding(nn.Module):
     """Embedding table multiplied by sqrt(D) (section 3.4).
@@ -57,7 +55,7 @@ class PositionalEncoding(nn.Module):
     def __init__(self, *, d_model: int, max_positions: int, dropout: float) -> None:
         super().__init__()
         self.register_buffer("table", sinusoidal_table(max_positions, d_model), persistent=False)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """(B, T, D) -> (B, T, D); ``offset`` is the position of x's first token."""

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 from mt.config import RunConfig
-from mt.curves import read_scalars
-from mt.data import PreparedData
-from mt.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from mt.trainer import Trainer
+from mt.data.corpus import PreparedData
+from mt.data.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from mt.plots.curves import read_scalars
+from mt.training.trainer import Trainer
 
 log = logging.getLogger("mt")
 

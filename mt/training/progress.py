@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-log = logging.getLogger("mt.trainer")
+log = logging.getLogger("mt.training.trainer")
 
 
 class TrainingInterrupted(Exception):

@@ -1,18 +1,19 @@
-"""Dropout (Srivastava et al. 2014) with a cheap random mask on the CPU.
+"""Dropout (Srivastava et al. 2014) with a cheap random mask on the CPU: a drop-in for
+``nn.Dropout`` that ``model.kernels=auto`` puts in its place (``mt/kernels/__init__.py``).
 
 The CPU random generator is sequential (reproducible), so ``nn.Dropout``, which draws one
-Bernoulli sample per element, took about a fifth of a tiny-model training step on 2 cores. Here
-one 64-bit random draw gives the mask bits of 8 elements: an element is dropped when its byte is
-below ``round(p * 256)``, i.e. the rate is rounded to a multiple of 1/256 (0.1 -> 0.1016), and
-kept elements are scaled by the exact ``1 / keep_probability``. The draws come from torch's
-default generator, so seeding and checkpointed RNG states cover them. Other devices use
-``F.dropout`` (their generators are parallel).
+Bernoulli sample per element, is a visible part of a small model's training step on a CPU
+(benchmarks/README.md). Here one 64-bit random draw gives the mask bits of 8 elements: an
+element is dropped when its byte is below ``round(p * 256)``, so **the rate is rounded to a
+multiple of 1/256** (0.1 -> 0.1016), and kept elements are scaled by the exact
+``1 / keep_probability``. The draws come from torch's default generator, so seeding and
+checkpointed RNG states cover them. Other devices use ``F.dropout`` (their generators are
+parallel).
 
-The mask is built without a bool tensor: on a CPU, ``bytes >= threshold`` and the bool -> bf16
-conversion after it took 10 of the 15 ms of a bf16 dropout over (4300, 1024) elements (one
-thread). Saturating uint8 arithmetic gives the 0/1 keep flags, and multiplying those, as
-integers of the element's width, by the bit pattern of the scale gives the bit pattern of the
-float mask (0 -> +0.0, 1 -> the scale): three cheap integer passes instead.
+The mask is built without a bool tensor (``bytes >= threshold`` and the bool -> float
+conversion after it were most of the cost): saturating uint8 arithmetic gives the 0/1 keep
+flags, and multiplying those, as integers of the element's width, by the bit pattern of the
+scale gives the bit pattern of the float mask (0 -> +0.0, 1 -> the scale).
 """
 
 import torch
@@ -58,6 +59,8 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
 
 
 class Dropout(nn.Module):
+    """``nn.Dropout`` with the mask of :func:`keep_mask` on a CPU."""
+
     def __init__(self, p: float) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:

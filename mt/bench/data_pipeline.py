@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from mt.config import DataConfig
-from mt.streaming import StreamingTrainData, prepare_streaming
+from mt.data.streaming import StreamingTrainData, prepare_streaming
 
 
 def current_rss_mb() -> float:

@@ -11,7 +11,7 @@ and the best-score bookkeeping, so a run that is killed and resumed, any number 
 with the same weights as one that never stopped.
 
 One update consumes ``world_size x accum_steps`` batches of the epoch's order (see
-:func:`mt.distributed.update_slices`): each rank forwards its own micro-batches and the loss is
+:func:`mt.training.distributed.update_slices`): each rank forwards its own micro-batches and the loss is
 divided by the target tokens of all of them, so 2 ranks, 2 accumulation steps or one batch twice
 as large give the same update. Under torchrun only rank 0 logs, validates and writes files.
 """
@@ -29,8 +29,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from mt import distributed
-from mt.batching import Batch, ParallelData
 from mt.checkpoint import (
     average_checkpoints,
     load_checkpoint,
@@ -39,16 +37,24 @@ from mt.checkpoint import (
     save_checkpoint,
 )
 from mt.config import RunConfig
-from mt.data import PreparedData
+from mt.data.batching import Batch, ParallelData
+from mt.data.corpus import PreparedData
+from mt.data.prepare import prepare_data
+from mt.data.tokenizer import Tokenizer
+from mt.kernels import loss_functions, use_kernels
 from mt.loggers import ConsoleLogger, MetricLogger, MultiLogger, TensorBoardLogger
-from mt.loss import label_smoothed_nll, symmetric_kl
-from mt.model import build_model, count_parameters
-from mt.optim import build_optimizer, build_scheduler
-from mt.prepare import prepare_data
-from mt.progress import Meter, Progress, TrainingDiverged, TrainingInterrupted, stop_on_signals
+from mt.model.transformer import build_model, count_parameters
 from mt.runtime import autocast, resolve_precision, set_seed, use_device
-from mt.tokenizer import Tokenizer
-from mt.validation import Validator
+from mt.training import distributed
+from mt.training.optim import build_optimizer, build_scheduler
+from mt.training.progress import (
+    Meter,
+    Progress,
+    TrainingDiverged,
+    TrainingInterrupted,
+    stop_on_signals,
+)
+from mt.training.validation import Validator
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,8 @@ class Trainer:
         self.model = build_model(
             cfg.model, vocab_size=self.tokenizer.vocab_size, pad_id=self.tokenizer.pad_id
         ).to(self.device)
+        use_kernels(self.model, cfg.model.kernels)
+        self.loss = loss_functions(cfg.model.kernels)
         self.validator = Validator(self.model, self.tokenizer, self.data, cfg, self.device)
         self.optimizer = build_optimizer(self.model, cfg.train)
         self.progress = Progress()
@@ -264,21 +272,21 @@ class Trainer:
         pad_id = self.tokenizer.pad_id
         if t.rdrop_alpha == 0:
             logits = self.train_model(batch.src, batch.tgt_in)  # (B, T, V)
-            loss_sum, nll_sum, _ = label_smoothed_nll(
+            loss_sum, nll_sum, _ = self.loss.label_smoothed_nll(
                 logits, batch.tgt_out, epsilon=t.label_smoothing, pad_id=pad_id
             )
             return loss_sum, nll_sum
         src = torch.cat([batch.src, batch.src])  # (2B, S)
         tgt_in = torch.cat([batch.tgt_in, batch.tgt_in])  # (2B, T)
         logits = self.train_model(src, tgt_in)  # (2B, T, V): rows b and B + b, two masks
-        loss_sum, nll_sum, _ = label_smoothed_nll(
+        loss_sum, nll_sum, _ = self.loss.label_smoothed_nll(
             logits,
             torch.cat([batch.tgt_out, batch.tgt_out]),  # (2B, T)
             epsilon=t.label_smoothing,
             pad_id=pad_id,
         )
         b = batch.src.size(0)
-        kl_sum = symmetric_kl(logits[:b], logits[b:], batch.tgt_out, pad_id=pad_id)
+        kl_sum = self.loss.symmetric_kl(logits[:b], logits[b:], batch.tgt_out, pad_id=pad_id)
         return 0.5 * loss_sum + 0.5 * t.rdrop_alpha * kl_sum, 0.5 * nll_sum
 
     def autocast(self):
@@ -311,7 +319,7 @@ class Trainer:
     # -- validation -------------------------------------------------------------------------------
 
     def validate(self) -> dict[str, float]:
-        """Validation loss (and greedy BLEU): see :class:`mt.validation.Validator`."""
+        """Validation loss (and greedy BLEU): see :class:`mt.training.validation.Validator`."""
         return self.validator.validate()
 
     def validate_and_save(self) -> None:

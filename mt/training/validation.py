@@ -1,7 +1,7 @@
 """Scoring a model while it trains: validation loss and greedy BLEU, the cross-attention of a
 fixed sentence, and the test split translated once at the end.
 
-Kept apart from the loop (mt/trainer.py) because none of it changes the weights: it reads the
+Kept apart from the loop (mt/training/trainer.py) because none of it changes the weights: it reads the
 model in eval mode, in fp32, under ``inference_mode``.
 """
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from mt.attention_plot import cross_attention, plot
 from mt.config import RunConfig
-from mt.data import EvalSet, PreparedData
-from mt.loss import label_smoothed_nll
+from mt.data.corpus import EvalSet, PreparedData
+from mt.data.tokenizer import Tokenizer
+from mt.decoding.translator import Translator
+from mt.kernels import loss_functions
 from mt.metrics import Scores, score
-from mt.tokenizer import Tokenizer
-from mt.translator import Translator
+from mt.plots.attention import cross_attention, plot
 
 
 @dataclass
@@ -38,9 +38,8 @@ class Validator:
         for batch in eval_set.ids.batches(self.cfg.train.batch_tokens):
             batch = batch.to(self.device)
             logits = self.model(batch.src, batch.tgt_in)  # (B, T, V)
-            _, nll_sum, _ = label_smoothed_nll(
-                logits, batch.tgt_out, epsilon=0.0, pad_id=self.tokenizer.pad_id
-            )
+            nll = loss_functions(self.cfg.model.kernels).label_smoothed_nll
+            _, nll_sum, _ = nll(logits, batch.tgt_out, epsilon=0.0, pad_id=self.tokenizer.pad_id)
             total += float(nll_sum)
             n_tokens += batch.n_tgt_tokens
         return total / max(n_tokens, 1)
