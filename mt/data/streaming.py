@@ -180,8 +180,9 @@ def sample_texts(pairs: Iterable[tuple[str, str]]) -> Iterator[str]:
 def prepare_streaming(
     cfg: DataConfig, *, seed: int = 1, tokenizer: Tokenizer | None = None
 ) -> PreparedData:
-    """Like :func:`mt.data.corpus.prepare_in_memory`, with the training split left on disk: SentencePiece
-    learns from a reservoir sample of one pass over it (``data.spm_max_sentences``)."""
+    """Like :func:`mt.data.corpus.prepare_in_memory`, with the training split left on disk:
+    SentencePiece learns from a reservoir sample of one pass over it
+    (``data.spm_max_sentences``)."""
     if tokenizer is None:
         log.info("streaming: sampling the training split for SentencePiece")
         train_pairs = stream_pairs(cfg, cfg.train_split)

@@ -18,8 +18,8 @@ tests/test_kernels.py holds each kernel equal to its plain counterpart, forward 
 Speed with and without them: benchmarks/README.md.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import Tensor, nn
 
@@ -36,7 +36,7 @@ def use_kernels(model: nn.Module, kernels: str) -> nn.Module:
     returns ``model``. Parameters and state dict are untouched."""
     check_kernels(kernels)
     fast = kernels == "auto"
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         if isinstance(module, MultiHeadAttention):
             module.attention = fast_attention if fast else scaled_dot_product_attention
         for child_name, child in module.named_children():

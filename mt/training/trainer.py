@@ -11,9 +11,9 @@ and the best-score bookkeeping, so a run that is killed and resumed, any number 
 with the same weights as one that never stopped.
 
 One update consumes ``world_size x accum_steps`` batches of the epoch's order (see
-:func:`mt.training.distributed.update_slices`): each rank forwards its own micro-batches and the loss is
-divided by the target tokens of all of them, so 2 ranks, 2 accumulation steps or one batch twice
-as large give the same update. Under torchrun only rank 0 logs, validates and writes files.
+:func:`mt.training.distributed.update_slices`): each rank forwards its own micro-batches and
+the loss is divided by the target tokens of all of them, so 2 ranks, 2 accumulation steps or one
+batch twice as large give the same update. Under torchrun only rank 0 logs, validates and writes files.
 """
 
 import json

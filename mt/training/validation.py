@@ -1,8 +1,8 @@
 """Scoring a model while it trains: validation loss and greedy BLEU, the cross-attention of a
 fixed sentence, and the test split translated once at the end.
 
-Kept apart from the loop (mt/training/trainer.py) because none of it changes the weights: it reads the
-model in eval mode, in fp32, under ``inference_mode``.
+Kept apart from the loop (mt/training/trainer.py) because none of it changes the weights: it
+reads the model in eval mode, in fp32, under ``inference_mode``.
 """
 
 import math
