@@ -147,8 +147,8 @@ class TrainConfig:
     keep_last: int = 0
     """Also keep the N most recent ``step_<N>.pt`` checkpoints (0: only ``last`` and ``best``)."""
     average_last: int = 0
-    """At the end, average the last N ``step_*.pt`` (needs ``keep_last`` >= N) and test with the
-    average if it beats ``best.pt`` on validation."""
+    """At the end, average the last N ``step_*.pt`` and test with the average if it beats
+    ``best.pt`` on validation (at least N numbered checkpoints are kept for it)."""
     resume: str | None = None
     """``auto`` (the run directory's ``last.pt``, if any) or the path of a checkpoint."""
     max_nonfinite_updates: int = 5
@@ -334,11 +334,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise ValueError(f"train.keep_last={t.keep_last} must be 0 or more")
     if t.patience < 0:
         raise ValueError(f"train.patience={t.patience} must be 0 (off) or more validations")
-    if t.average_last > t.keep_last:
-        raise ValueError(
-            f"train.average_last={t.average_last} needs train.keep_last >= {t.average_last} "
-            f"(it is {t.keep_last}): only kept checkpoints can be averaged"
-        )
+    if t.average_last < 0:
+        raise ValueError(f"train.average_last={t.average_last} must be 0 (off) or more")
     for name in ("max_steps", "max_epochs", "max_minutes"):
         value = getattr(t, name)
         if value is not None and value <= 0:

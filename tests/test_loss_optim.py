@@ -97,17 +97,18 @@ def test_trainer_decays_linearly_to_zero_over_max_steps(tmp_path):
     # Logged after update k: the rate of update k+1 = peak x warm-up x (1 - k / 8).
     assert logged[2] == pytest.approx(1e-3 * (1 - 2 / 8))
     assert logged[6] == pytest.approx(1e-3 * (1 - 6 / 8))
-    assert trainer.optimizer.param_groups[0]["lr"] == 0.0  # the budget is spent
+    assert trainer.updater.optimizer.param_groups[0]["lr"] == 0.0  # the budget is spent
 
 
 def test_wall_clock_budget_counts_for_the_decay(tmp_path):
     cfg = small_run(tmp_path, max_steps=1000, max_epochs=None, max_minutes=2.0, lr_decay="cosine")
     trainer = Trainer(cfg, tmp_path / "run", logger=ListLogger())
-    trainer.started = time.monotonic() - 60  # one of the two minutes gone
-    assert trainer.clock_fraction() == pytest.approx(0.5, abs=0.01)
-    trainer.clock_spent = trainer.clock_fraction()
-    assert trainer.budget_spent(10) == pytest.approx(0.5, abs=0.01)  # nearer than 10 / 1000
-    assert trainer.budget_spent(900) == pytest.approx(0.9)  # now the step limit is nearer
+    budget = trainer.budget
+    budget.started = time.monotonic() - 60  # one of the two minutes gone
+    assert budget.clock_fraction() == pytest.approx(0.5, abs=0.01)
+    budget.clock_spent = budget.clock_fraction()
+    assert budget.spent(10, trainer.progress) == pytest.approx(0.5, abs=0.01)  # nearer than 10/1000
+    assert budget.spent(900, trainer.progress) == pytest.approx(0.9)  # the step limit is nearer
 
 
 def test_sinusoidal_table_matches_paper_formula():

@@ -39,7 +39,7 @@ def test_nonfinite_updates_are_skipped_and_counted(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values())
     assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
     # Adam took four steps: the skipped updates left its state alone too.
-    steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
+    steps = {int(s["step"]) for s in trainer.updater.optimizer.state.values()}
     assert steps == {4}
     logged = [
         m["train/nonfinite_updates"] for _, m in logger.records if "train/nonfinite_updates" in m

@@ -73,9 +73,9 @@ def test_trainer_loss_is_the_mean_of_two_passes_plus_half_alpha_times_their_kl(t
 
     def loss_with(alpha: float, train: bool) -> tuple[float, float]:
         trainer.cfg.train.rdrop_alpha = alpha
-        trainer.train_model.train(train)
+        trainer.updater.train_model.train(train)
         torch.manual_seed(7)  # the same dropout masks for every call
-        loss_sum, nll_sum = trainer.batch_loss(batch)
+        loss_sum, nll_sum = trainer.updater.batch_loss(batch)
         return loss_sum.item(), nll_sum.item()
 
     plain = loss_with(0.0, train=False)

@@ -118,7 +118,10 @@ def test_streamed_windows_are_sampled_per_epoch_and_window(tmp_path):
 
 
 @pytest.mark.parametrize("streaming", [False, True])
-def test_sampled_run_resumes_exactly(tmp_path, streaming):
+def test_sampled_run_resumes_exactly_within_a_process(tmp_path, streaming):
+    """Within one process an epoch's segmentation is a function of (seed, epoch). SentencePiece's
+    sampler also draws on per-process state, so a run resumed in a new process samples other
+    segmentations (tests/test_resume.py covers that case without sampling)."""
     cfg = small_run(tmp_path, max_steps=10, save_every_steps=1, batch_tokens=4000)
     cfg.data = dataclasses.replace(
         cfg.data, subword_alpha=0.2, streaming=streaming, window_pairs=100

@@ -8,18 +8,18 @@ pieces, which makes it less prone to memorise a small corpus and more robust to 
 
 SentencePiece does the sampling: for a unigram model it draws a segmentation with probability
 proportional to ``P(segmentation)^alpha`` (``nbest=-1``: over all segmentations; ``nbest=k``:
-over the k best), so a smaller alpha means flatter sampling and more, shorter pieces (on the
-Multi30k training split, both sides, 8,000 joint pieces, nbest -1: alpha 0.5 / 0.3 / 0.2 / 0.1
-gave 1.03 / 1.12 / 1.32 / 2.0 times the tokens of the deterministic encoding); for a BPE model
-alpha is the probability of dropping each merge.
+over the k best), so a smaller alpha means flatter sampling and more, shorter pieces
+(docs/results.md gives the token counts on one corpus); for a BPE model alpha is the
+probability of dropping each merge.
 
 Only training is sampled: validation, test and translation encode deterministically, as the
-model will be used. An epoch's segmentation depends only on (seed, epoch) -- for a streamed
-corpus (mt/streaming.py), on (seed, epoch, window) -- so a resumed run sees the same batches as
-an uninterrupted one; the next epoch (or window) is encoded in a background thread while the
-current one trains (SentencePiece releases the GIL while it encodes). Sampling runs in one
-thread: ~1 s per 58,000 Multi30k sentences on one core of the project's CPU with nbest -1
-(~4 s with nbest 64).
+model will be used. Within one process an epoch's segmentation depends only on (seed, epoch) --
+for a streamed corpus (mt/data/streaming.py), on (seed, epoch, window). SentencePiece's sampler
+also draws on state of its own that differs between processes, so a run resumed in a new
+process trains on other samples from the resume point on: the same distribution, not the same
+bits (the trainer says so when it resumes). The next epoch (or window) is encoded in a
+background thread while the current one trains (SentencePiece releases the GIL while it
+encodes).
 
 Legend: N training pairs.
 """

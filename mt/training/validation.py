@@ -5,6 +5,7 @@ Kept apart from the loop (mt/training/trainer.py) because none of it changes the
 reads the model in eval mode, in fp32, under ``inference_mode``.
 """
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,11 @@ from mt.data.corpus import EvalSet, PreparedData
 from mt.data.tokenizer import Tokenizer
 from mt.decoding.translator import Translator
 from mt.kernels import loss_functions
+from mt.loggers import MetricLogger
 from mt.metrics import Scores, score
 from mt.plots.attention import cross_attention, plot
+
+log = logging.getLogger("mt.training.trainer")
 
 
 @dataclass
@@ -73,6 +77,22 @@ class Validator:
         """The first validation sentence's cross-attention (last layer) as a figure; raises
         ImportError without matplotlib."""
         return plot(cross_attention(self.translator(beam_size=1), self.data.val.sources[0]))
+
+    def log_attention(self, logger: MetricLogger, step: int) -> bool:
+        """Log the first validation sentence's cross-attention as a TensorBoard image; False
+        (and a warning) when matplotlib is missing, so that the caller stops asking."""
+        try:
+            figure = self.attention_figure()
+        except ImportError:
+            log.warning("matplotlib is not installed: no attention heatmaps in TensorBoard")
+            return False
+        logger.log_figure("val/cross_attention", figure, step)
+        # Closed here, where it was made: pyplot keeps every figure until closed, and one per
+        # validation would pile up over a long run.
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+        return True
 
     def test(self, out_dir: Path) -> Scores:
         """Translate the test split with the run's beam settings, write the hypotheses to

@@ -1,0 +1,87 @@
+"""The end of a run: which checkpoint represents it (``best.pt``, or the average of the last
+ones when that scores higher on validation), its test score, and ``metrics.json``'s summary."""
+
+import logging
+from pathlib import Path
+
+import torch
+
+from mt.checkpoint import load_checkpoint, load_weights
+from mt.config import RunConfig
+from mt.data.corpus import FilterStats
+from mt.training.checkpointing import CheckpointFiles
+from mt.training.progress import Progress
+from mt.training.validation import Validator
+
+log = logging.getLogger("mt.training.trainer")
+
+
+def run_summary(
+    p: Progress, stats: FilterStats, *, stopped_early: bool, parameters: int, device: torch.device
+) -> dict:
+    """What ``metrics.json`` says of the training itself."""
+    return {
+        "best_checkpoint": {"step": p.best_step, "val_score": p.best_score},
+        "train": {
+            "steps": p.step,
+            "epochs": p.epoch,
+            "minutes": round(p.train_seconds / 60, 2),
+            "tgt_tokens": p.tgt_tokens,
+            "validation_minutes": round(p.validation_seconds / 60, 2),
+            "tgt_tokens_per_s": round(
+                p.tgt_tokens / max(p.train_seconds - p.validation_seconds, 1e-9), 1
+            ),
+            "stopped_early": stopped_early,
+            "parameters": parameters,
+            "device": str(device),
+        },
+        "data": {"train_pairs": stats.kept, "filtered": vars(stats)},
+        "validation_history": p.history,
+    }
+
+
+def choose_final_checkpoint(
+    files: CheckpointFiles,
+    average_last: int,
+    model: torch.nn.Module,
+    validator: Validator,
+    progress: Progress,
+) -> tuple[Path, dict | None]:
+    """``best.pt``, or ``averaged.pt`` if averaging the last ``average_last`` scores higher on
+    validation; and the averaged checkpoint's validation score, when there is one. Leaves the
+    averaged weights in ``model`` when it averaged."""
+    averaged = files.average_last(average_last)
+    if averaged is None:
+        return files.best, None
+    path, sources = averaged
+    load_weights(model, load_checkpoint(path)["model"], source=str(path))
+    metrics = validator.validate()
+    score_avg = metrics.get("val/bleu", -metrics["val/loss"])
+    log.info(
+        "average of %d checkpoints: validation score %.2f (best.pt: %.2f)",
+        len(sources),
+        score_avg,
+        progress.best_score,
+    )
+    chosen = path if score_avg > progress.best_score else files.best
+    return chosen, {"from": sources, "val_score": score_avg}
+
+
+def test_pass(validator: Validator, cfg: RunConfig, run_dir: Path) -> dict:
+    """Score the model on the test split (the only place the test split is used)."""
+    test_scores = validator.test(run_dir)
+    log.info(
+        "test %s: BLEU %.2f chrF %.2f (%s)",
+        validator.data.test.name,
+        test_scores.bleu,
+        test_scores.chrf,
+        test_scores.bleu_signature,
+    )
+    return {
+        "test": {
+            "split": validator.data.test.name,
+            "beam_size": cfg.decode.beam_size,
+            "length_penalty": cfg.decode.length_penalty,
+            **test_scores.as_dict(),
+        }
+    }
