@@ -124,6 +124,102 @@ def greedy_search(
     return [row[:length] for row, length in zip(rows, n)]
 
 
+@dataclass
+class Beams:
+    """What beam search carries between steps, for b sentences still being decoded.
+
+    Finished hypotheses live in device tensors with K slots per sentence plus one spare slot
+    that absorbs finishers beyond the K-th; they are read on the host once, at the end. Outputs
+    never contain pad, so a finished hypothesis is its slot's tokens up to the first pad.
+    """
+
+    k: int
+    active: Tensor  # (b,) original sentence of each group of K rows
+    prefixes: Tensor  # (b*K, t) BOS and the tokens so far
+    scores: Tensor  # (b, K) summed log-probabilities of the live beams
+    fin_scores: Tensor  # (B, K+1) length-normalised scores of finished hypotheses
+    fin_tokens: Tensor  # (B, K+1, L)
+    n_finished: Tensor  # (B,) at most K
+
+    @classmethod
+    def start(cls, batch_size: int, k: int, longest: int, ids: SpecialIds, device) -> "Beams":
+        scores = torch.full((batch_size, k), -torch.inf, device=device)
+        scores[:, 0] = 0.0  # all beams start identical: only the first is live at step 1
+        return cls(
+            k=k,
+            active=torch.arange(batch_size, device=device),
+            prefixes=torch.full((batch_size * k, 1), ids.bos, dtype=torch.long, device=device),
+            scores=scores,
+            fin_scores=torch.full((batch_size, k + 1), -torch.inf, device=device),
+            fin_tokens=torch.full(
+                (batch_size, k + 1, longest), ids.pad, dtype=torch.long, device=device
+            ),
+            n_finished=torch.zeros(batch_size, dtype=torch.long, device=device),
+        )
+
+
+def force_eos_at_limit(log_probs: Tensor, at_limit: Tensor, eos: int) -> None:
+    """In place: rows at their length limit (b*K,) may only end. A finite floor keeps a
+    hypothesis even where the model gives EOS probability 0."""
+    eos_scores = log_probs[:, eos]  # (b*K,)
+    eos_scores = torch.where(at_limit, eos_scores.clamp(min=_NEVER), eos_scores)
+    log_probs.masked_fill_(at_limit[:, None], -torch.inf)
+    log_probs[:, eos] = eos_scores
+
+
+def top_candidates(beams: Beams, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The 2K best extensions of each sentence's live beams (at most K of them end in EOS, so
+    K live ones always remain): scores, beam and token of each, (b, 2K)."""
+    b, k, vocab = beams.active.numel(), beams.k, log_probs.size(-1)
+    candidates = beams.scores[:, :, None] + log_probs.view(b, k, vocab)  # (b, K, V)
+    top_scores, top_ids = candidates.view(b, k * vocab).topk(2 * k, dim=1)  # (b, 2K)
+    return top_scores, top_ids // vocab, top_ids % vocab
+
+
+def finish(
+    beams: Beams, step: int, top: tuple[Tensor, Tensor, Tensor], eos: int, length_penalty: float
+) -> None:
+    """EOS candidates among the top K finish, scored log-probability / length **
+    ``length_penalty``: each takes its sentence's next free slot in rank order (beyond the
+    K-th, the spare slot)."""
+    top_scores, top_beams, top_tokens = (t[:, : beams.k] for t in top)  # (b, K)
+    b, k, active = beams.active.numel(), beams.k, beams.active
+    finishing = (top_tokens == eos) & (top_scores > -torch.inf)  # (b, K)
+    slot = beams.n_finished[active, None] + finishing.long().cumsum(dim=1) - 1  # (b, K)
+    slot = torch.where(finishing & (slot < k), slot, k)
+    sentence = active[:, None].expand(b, k)
+    rows = torch.arange(b, device=active.device)[:, None] * k + top_beams  # (b, K)
+    beams.fin_scores[sentence, slot] = top_scores / (step**length_penalty)
+    beams.fin_tokens[sentence, slot, : step - 1] = beams.prefixes[rows, 1:]
+    beams.n_finished[active] = (beams.n_finished[active] + finishing.sum(dim=1)).clamp(max=k)
+
+
+def advance(beams: Beams, top: tuple[Tensor, Tensor, Tensor], eos: int) -> Tensor:
+    """The best K non-EOS candidates continue (in score order). Returns the (b*K,) rows of the
+    previous step they extend, for reordering the decoder state."""
+    top_scores, top_beams, top_tokens = top  # (b, 2K)
+    b, k = beams.active.numel(), beams.k
+    device = top_scores.device
+    rank = (top_tokens == eos).long() * (2 * k) + torch.arange(2 * k, device=device)  # EOS last
+    keep = rank.topk(k, dim=1, largest=False).indices.sort(dim=1).values  # (b, K)
+    beams.scores = top_scores.gather(1, keep)
+    parent = torch.arange(b, device=device)[:, None] * k + top_beams.gather(1, keep)
+    parent = parent.view(-1)  # (b*K,)
+    new_tokens = top_tokens.gather(1, keep).view(-1, 1)  # (b*K, 1)
+    beams.prefixes = torch.cat([beams.prefixes[parent], new_tokens], dim=1)
+    return parent
+
+
+def drop_done(beams: Beams, done: Tensor, state: Any) -> None:
+    """Remove the sentences flagged in ``done`` (b,) from the beams and the decoder state."""
+    k = beams.k
+    groups_left = (~done).nonzero().squeeze(1)  # (b',)
+    rows_left = (groups_left[:, None] * k + torch.arange(k, device=done.device)).view(-1)
+    beams.active, beams.scores = beams.active[groups_left], beams.scores[groups_left]
+    beams.prefixes = beams.prefixes[rows_left]
+    state.index_select(rows_left)
+
+
 @torch.inference_mode()
 def beam_search(
     model: Searchable,
@@ -140,86 +236,37 @@ def beam_search(
     """Beam search; src (B, S) -> for each sentence its ``n_best`` hypotheses, best first.
 
     Each step scores all K*V extensions of the live beams and keeps the top 2K candidates
-    (as fairseq does: at most K of them end in EOS, so K live ones always remain). Candidates
-    among the top K that end in EOS are finished, scored as log-probability / length **
-    ``length_penalty``. A sentence is done once it has K finished hypotheses (or reaches its
-    length limit, where EOS is forced); every ``check_every`` steps (see
-    :func:`check_interval`) sentences that are done leave the batch.
-
-    Finished hypotheses are kept in device tensors, (B, K) slots per sentence (plus one spare
-    slot that absorbs finishers beyond the K-th), and read on the host once, at the end.
+    (as fairseq does); those among the top K that end in EOS finish (:func:`finish`), the best K
+    others continue (:func:`advance`). A sentence is done once it has K finished hypotheses (or
+    reaches its length limit, where EOS is forced); every ``check_every`` steps (see
+    :func:`check_interval`) sentences that are done leave the batch (:func:`drop_done`).
+    Where host reads are free (``check_every`` 1), steps skip the work nobody needs.
     """
-    k = beam_size
-    batch_size, device = src.size(0), src.device
+    k, device = beam_size, src.device
     every = check_interval(device, check_every)
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
     longest = int(max_lens.max())
     state = _start(model, src, ids, repeat=k)
-    # Finished hypotheses: slot K of each sentence is the spare that is never read. Outputs
-    # never contain pad, so a hypothesis is its slot's tokens up to the first pad.
-    fin_scores = torch.full((batch_size, k + 1), -torch.inf, device=device)  # (B, K+1)
-    fin_tokens = torch.full((batch_size, k + 1, longest), ids.pad, dtype=torch.long, device=device)
-    n_finished = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) at most K
-    active = torch.arange(batch_size, device=device)  # (b,) original sentence of each group
-    prefixes = torch.full((batch_size * k, 1), ids.bos, dtype=torch.long, device=device)
-    scores = torch.full((batch_size, k), -torch.inf, device=device)
-    scores[:, 0] = 0.0  # all beams start identical: only the first is live at step 1
-    beam_ids = torch.arange(k, device=device)
+    beams = Beams.start(src.size(0), k, longest, ids, device)
     for step in range(1, longest + 1):
-        b = active.numel()
-        log_probs = model.decode_step(prefixes[:, -1], state).float().log_softmax(-1)  # (b*K, V)
-        vocab = log_probs.size(-1)
-        log_probs[:, ids.pad] = -torch.inf
+        log_probs = model.decode_step(beams.prefixes[:, -1], state).float().log_softmax(-1)
+        log_probs[:, ids.pad] = -torch.inf  # (b*K, V)
         log_probs[:, ids.bos] = -torch.inf
-        at_limit = (max_lens[active] <= step).repeat_interleave(k)  # (b*K,)
-        # Force EOS at the limit. Where host reads are free (every == 1) the full (b*K, V)
-        # pass is skipped on the many steps where no row is at its limit.
+        at_limit = (max_lens[beams.active] <= step).repeat_interleave(k)  # (b*K,)
         if every > 1 or bool(at_limit.any()):
-            # A finite floor keeps a hypothesis even where the model gives EOS probability 0.
-            eos = log_probs[:, ids.eos]  # (b*K,)
-            eos_scores = torch.where(at_limit, eos.clamp(min=_NEVER), eos)
-            log_probs.masked_fill_(at_limit[:, None], -torch.inf)
-            log_probs[:, ids.eos] = eos_scores
-        candidates = scores[:, :, None] + log_probs.view(b, k, vocab)  # (b, K, V)
-        top_scores, top_ids = candidates.view(b, k * vocab).topk(2 * k, dim=1)  # (b, 2K)
-        top_beams, top_tokens = top_ids // vocab, top_ids % vocab
-        is_eos = top_tokens == ids.eos  # (b, 2K)
-
-        # 1. Finish the EOS candidates that rank among the top K: each takes the sentence's
-        #    next free slot, in rank order; beyond the K-th they go to the spare slot.
-        #    (Where host reads are free, steps without a finisher skip this.)
-        finishing = is_eos[:, :k] & (top_scores[:, :k] > -torch.inf)  # (b, K)
-        if every > 1 or bool(finishing.any()):
-            slot = n_finished[active, None] + finishing.long().cumsum(dim=1) - 1  # (b, K)
-            slot = torch.where(finishing & (slot < k), slot, k)
-            sentence = active[:, None].expand(b, k)
-            rows = torch.arange(b, device=device)[:, None] * k + top_beams[:, :k]  # (b, K)
-            fin_scores[sentence, slot] = top_scores[:, :k] / (step**length_penalty)
-            fin_tokens[sentence, slot, : step - 1] = prefixes[rows, 1:]
-            n_finished[active] = (n_finished[active] + finishing.sum(dim=1)).clamp(max=k)
-
-        # 2. The best K non-EOS candidates continue (stable: keep the score order).
-        rank = is_eos.long() * (2 * k) + torch.arange(2 * k, device=device)  # EOS last
-        keep = rank.topk(k, dim=1, largest=False).indices.sort(dim=1).values  # (b, K)
-        scores = top_scores.gather(1, keep)
-        parent = torch.arange(b, device=device)[:, None] * k + top_beams.gather(1, keep)
-        parent = parent.view(-1)  # (b*K,) rows of the previous step
-        prefixes = torch.cat([prefixes[parent], top_tokens.gather(1, keep).view(-1, 1)], dim=1)
-        state.index_select(parent, memory=False)
-
-        # 3. Drop sentences that are done.
+            force_eos_at_limit(log_probs, at_limit, ids.eos)
+        top = top_candidates(beams, log_probs)
+        if every > 1 or bool((top[2][:, :k] == ids.eos).any()):
+            finish(beams, step, top, ids.eos, length_penalty)
+        state.index_select(advance(beams, top, ids.eos), memory=False)
         if step % every and step < longest:
             continue
-        done = (n_finished[active] >= k) | (max_lens[active] <= step)  # (b,)
+        done = (beams.n_finished[beams.active] >= k) | (max_lens[beams.active] <= step)  # (b,)
         if bool(done.all()):
             break
         if bool(done.any()):
-            groups_left = (~done).nonzero().squeeze(1)  # (b',)
-            rows_left = (groups_left[:, None] * k + beam_ids).view(-1)
-            active, scores = active[groups_left], scores[groups_left]
-            prefixes = prefixes[rows_left]
-            state.index_select(rows_left)
-    return _collect(fin_scores[:, :k], fin_tokens[:, :k], ids.pad, n_best)
+            drop_done(beams, done, state)
+    return _collect(beams.fin_scores[:, :k], beams.fin_tokens[:, :k], ids.pad, n_best)
 
 
 def _collect(scores: Tensor, tokens: Tensor, pad_id: int, n_best: int) -> list[list[Hypothesis]]:
