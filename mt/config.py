@@ -165,7 +165,9 @@ class TrainConfig:
 
 @dataclass
 class DecodeConfig:
-    """Search settings for test translation, evaluation and the translator."""
+    """Search settings: the one type behind training's validation and test pass, evaluate,
+    translate and tune_decoding (their configs extend it), taken whole by the Translator and
+    checked by :func:`mt.checks.check_decode`."""
 
     beam_size: int = 5
     length_penalty: float = 1.0
@@ -178,9 +180,9 @@ class DecodeConfig:
     """Source tokens per decoding batch (inputs are sorted by length first)."""
     precision: str = "fp32"
     """``fp32``, ``bf16``, ``fp16`` or ``auto`` (as ``train.precision``: bf16 where it is fast).
-    bf16 decodes faster on CPUs with bf16 units (the tiny model on the project's AVX512-BF16
-    machine: greedy 1.4x, beam 5 1.8x, validation BLEU within 0.15) but may change some outputs;
-    fp32, the default, translates a checkpoint the same on every machine."""
+    bf16 decodes faster on CPUs with bf16 units but may change some outputs (benchmarks/README.md
+    has the speed and BLEU); fp32, the default, translates a checkpoint the same on every
+    machine."""
 
 
 @dataclass
@@ -208,47 +210,37 @@ class DataOverrides:
 
 
 @dataclass
-class EvaluateConfig:
-    """``scripts/evaluate.py``: score a checkpoint on a split."""
+class EvaluateConfig(DecodeConfig):
+    """``scripts/evaluate.py``: score a checkpoint on a split, with the decode settings above."""
 
     checkpoint: str = "???"
     split: str = "test"
     """``train``/``val``/``test`` (the names configured in data) or a literal split name."""
-    beam_size: int = 5
-    length_penalty: float = 1.0
-    batch_tokens: int = 6000
     output: str | None = None
     """Where to write the translations (default: next to the checkpoint)."""
-    precision: str = "fp32"
-    """Decoding arithmetic: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see ``decode.precision``)."""
     device: str = "auto"
     data: DataOverrides = field(default_factory=DataOverrides)
 
 
 @dataclass
-class TuneDecodingConfig:
-    """``scripts/tune_decoding.py``: choose beam size and length penalty on a held-out split."""
+class TuneDecodingConfig(DecodeConfig):
+    """``scripts/tune_decoding.py``: choose beam size and length penalty on a held-out split;
+    every (beam size, length penalty) pair of the lists replaces those two settings."""
 
     checkpoint: str = "???"
     split: str = "val"
     """Tune on validation data; the test split is for the final report only."""
     beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5, 8])
     length_penalties: list[float] = field(default_factory=lambda: [0.6, 1.0, 1.4])
-    batch_tokens: int = 6000
-    precision: str = "fp32"
-    """Decoding arithmetic: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see ``decode.precision``)."""
     device: str = "auto"
     data: DataOverrides = field(default_factory=DataOverrides)
 
 
 @dataclass
-class TranslateConfig:
+class TranslateConfig(DecodeConfig):
     """``scripts/translate.py``: translate lines typed at a prompt or piped through stdin."""
 
     checkpoint: str = "???"
-    beam_size: int = 5
-    length_penalty: float = 1.0
-    n_best: int = 1
     batch_size: int = 64
     """Lines read from a pipe are translated this many at a time."""
     attention_plot: str | None = None
@@ -256,9 +248,12 @@ class TranslateConfig:
     ``attention_<line>.png`` (source pieces x target pieces, head mean and each head)."""
     attention_layer: int = -1
     """Decoder layer whose cross-attention is plotted (negative counts from the last)."""
-    precision: str = "fp32"
-    """Decoding arithmetic: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see ``decode.precision``)."""
     device: str = "auto"
+
+
+def decode_settings(cfg: DecodeConfig) -> DecodeConfig:
+    """The decode settings alone, from any config that extends them."""
+    return DecodeConfig(**{f.name: getattr(cfg, f.name) for f in fields(DecodeConfig)})
 
 
 @dataclass
@@ -294,129 +289,6 @@ class BenchmarkRunConfig(RunConfig):
     checkpoint: str | None = None
     """A trained model: its architecture is measured, and decoding too (else training only)."""
     bench: BenchmarkConfig = field(default_factory=BenchmarkConfig)
-
-
-# ----------------------------------------------------------------------------------------------
-# Validation: impossible values fail in one line, naming the option.
-
-
-def validate_run_config(cfg: RunConfig) -> None:
-    """Raise ValueError naming the option when a value cannot work."""
-    m, t, d, dec = cfg.model, cfg.train, cfg.data, cfg.decode
-    _positive(
-        "model",
-        m,
-        ["d_model", "n_heads", "d_ff", "n_encoder_layers", "n_decoder_layers", "max_positions"],
-    )
-    if m.d_model % m.n_heads:
-        raise ValueError(
-            f"model.d_model={m.d_model} is not divisible by model.n_heads={m.n_heads}: "
-            "choose sizes where d_model / n_heads is a whole number"
-        )
-    check_kernels(m.kernels)
-    _probability("model.dropout", m.dropout)
-    _probability("model.attention_dropout", m.attention_dropout)
-    _positive(
-        "train",
-        t,
-        [
-            "batch_tokens",
-            "val_every_steps",
-            "log_every_steps",
-            "save_every_steps",
-            "max_nonfinite_updates",
-            "accum_steps",
-        ],
-    )
-    validate_precision("train.precision", t.precision)
-    validate_precision("decode.precision", dec.precision)
-    if t.keep_last < 0:
-        raise ValueError(f"train.keep_last={t.keep_last} must be 0 or more")
-    if t.patience < 0:
-        raise ValueError(f"train.patience={t.patience} must be 0 (off) or more validations")
-    if t.average_last < 0:
-        raise ValueError(f"train.average_last={t.average_last} must be 0 (off) or more")
-    for name in ("max_steps", "max_epochs", "max_minutes"):
-        value = getattr(t, name)
-        if value is not None and value <= 0:
-            raise ValueError(f"train.{name}={value} must be positive (or null for no limit)")
-    if t.max_steps is None and t.max_epochs is None and t.max_minutes is None:
-        raise ValueError("set at least one of train.max_steps, train.max_epochs, train.max_minutes")
-    if t.lr <= 0 or t.warmup_steps < 0:
-        raise ValueError(f"train.lr={t.lr} must be > 0 and train.warmup_steps >= 0")
-    if t.lr_decay not in ("inverse_sqrt", "linear", "cosine"):
-        raise ValueError(f"train.lr_decay={t.lr_decay!r} must be inverse_sqrt, linear or cosine")
-    _probability("train.label_smoothing", t.label_smoothing)
-    if t.rdrop_alpha < 0:
-        raise ValueError(f"train.rdrop_alpha={t.rdrop_alpha} must be 0 (off) or more")
-    if t.rdrop_alpha > 0 and m.dropout == 0 and m.attention_dropout == 0:
-        raise ValueError(
-            f"train.rdrop_alpha={t.rdrop_alpha} compares two dropout masks, but model.dropout "
-            "and model.attention_dropout are 0: both passes would be identical. Set a dropout "
-            "or train.rdrop_alpha=0"
-        )
-    _positive(
-        "data", d, ["vocab_size", "max_tokens", "spm_max_sentences", "window_pairs", "num_proc"]
-    )
-    if d.invalid_utf8 not in ("error", "replace"):
-        raise ValueError(f"data.invalid_utf8={d.invalid_utf8!r} must be 'error' or 'replace'")
-    if d.src_lang == d.tgt_lang:
-        raise ValueError(f"data.src_lang and data.tgt_lang are both {d.src_lang!r}")
-    if d.subword_alpha < 0:
-        raise ValueError(f"data.subword_alpha={d.subword_alpha} must be 0 (off) or more")
-    if d.subword_alpha > 0:
-        if d.spm_model_type not in ("unigram", "bpe"):
-            raise ValueError(
-                f"data.subword_alpha={d.subword_alpha} samples segmentations, which SentencePiece "
-                f"offers for unigram and bpe models only (data.spm_model_type="
-                f"{d.spm_model_type!r}); set data.subword_alpha=0 or choose one of those"
-            )
-        if d.spm_model_type == "bpe" and d.subword_alpha >= 1:
-            raise ValueError(
-                f"data.subword_alpha={d.subword_alpha} is BPE-dropout's probability of dropping "
-                "a merge for a bpe model: it must be below 1 (0.1 is usual)"
-            )
-        if d.subword_nbest == 0 or d.subword_nbest < -1:
-            raise ValueError(
-                f"data.subword_nbest={d.subword_nbest} must be -1 (all segmentations) or positive"
-            )
-    if d.max_train_pairs is not None and d.max_train_pairs <= 0:
-        raise ValueError(f"data.max_train_pairs={d.max_train_pairs} must be positive")
-    validate_decode(dec.beam_size, dec.n_best, prefix="decode.")
-    _positive("decode", dec, ["batch_tokens", "max_len_b"])
-
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-KERNELS = ("auto", "plain")
-
-
-def check_kernels(value: str, option: str = "model.kernels") -> None:
-    if value not in KERNELS:
-        raise ValueError(f"{option}={value!r} must be one of {', '.join(KERNELS)}")
-
-
-def validate_precision(option: str, value: str) -> None:
-    if value not in PRECISIONS:
-        raise ValueError(f"{option}={value!r} must be one of {', '.join(PRECISIONS)}")
-
-
-def validate_decode(beam_size: int, n_best: int = 1, prefix: str = "") -> None:
-    if beam_size < 1:
-        raise ValueError(f"{prefix}beam_size={beam_size} must be at least 1")
-    if not 1 <= n_best <= beam_size:
-        raise ValueError(f"{prefix}n_best={n_best} must be between 1 and beam_size={beam_size}")
-
-
-def _positive(prefix: str, obj: Any, names: list[str]) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if value <= 0:
-            raise ValueError(f"{prefix}.{name}={value} must be positive")
-
-
-def _probability(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}={value} must be in [0, 1)")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mt.bench.benchmark import format_table, run_benchmark
+from mt.checks import validate_run_config
 from mt.cli import user_errors
-from mt.config import from_hydra, register_configs, validate_run_config
+from mt.config import from_hydra, register_configs
 
 register_configs()
 

@@ -17,8 +17,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from mt.checks import validate_run_config
 from mt.cli import user_errors
-from mt.config import from_hydra, register_configs, validate_run_config
+from mt.config import from_hydra, register_configs
 from mt.training.trainer import Trainer, TrainingInterrupted
 
 register_configs()

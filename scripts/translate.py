@@ -13,8 +13,9 @@ import hydra
 from omegaconf import DictConfig
 
 from mt.checkpoint import load_model
+from mt.checks import check_decode
 from mt.cli import user_errors
-from mt.config import from_hydra, register_configs, validate_decode, validate_precision
+from mt.config import from_hydra, register_configs
 from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
 from mt.decoding.translator import Translator
 from mt.plots.attention import cross_attention, resolve_layer, save_plot
@@ -42,19 +43,9 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     with user_errors():
         tcfg = from_hydra(cfg)
-        validate_decode(tcfg.beam_size, tcfg.n_best)
-        validate_precision("precision", tcfg.precision)
+        check_decode(tcfg)
         loaded = load_model(tcfg.checkpoint, use_device(tcfg.device))
-        dec = loaded.config.decode
-        translator = Translator(
-            loaded.model,
-            loaded.tokenizer,
-            beam_size=tcfg.beam_size,
-            length_penalty=tcfg.length_penalty,
-            max_len_a=dec.max_len_a,
-            max_len_b=dec.max_len_b,
-            precision=tcfg.precision,
-        )
+        translator = Translator(loaded.model, loaded.tokenizer, tcfg)
         on_line = attention_writer(translator, tcfg) if tcfg.attention_plot else None
     try:
         if sys.stdin.isatty():

@@ -70,7 +70,7 @@ def random_translator(tokenizer, *, n_decoder_layers: int = 1, **search):
         n_decoder_layers=n_decoder_layers,
         max_positions=40,
     )
-    return Translator(model, tokenizer, **search)
+    return Translator(model, tokenizer, DecodeConfig(**search))
 
 
 def small_run(tmp_path, model: dict | None = None, **train) -> RunConfig:

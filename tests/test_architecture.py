@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lower wings first. The ground floor's modules each form a wing of their own, in this order.
 WINGS = [
     "mt.config",
+    "mt.checks",
     "mt.cli",
     "mt.runtime",
     "mt.loggers",

@@ -37,7 +37,7 @@ def test_cross_attention_is_the_models_own(translator, tokenizer):
         h1 = last.self_block(x, lambda z: last.self_attn(z, is_causal=True)[0])
         q = last.cross_attn.split_heads(last.cross_attn.q_proj(last.cross_block.norm(h1)))
         k, v = last.cross_attn.project_kv(memory)
-        _, expected = scaled_dot_product_attention(q, k, v, src_mask)
+        _, expected = scaled_dot_product_attention(q, k, v, mask=src_mask)
     torch.testing.assert_close(torch.from_numpy(att.weights), expected[0], atol=1e-5, rtol=1e-5)
 
 

@@ -105,7 +105,8 @@ def test_mixed_precision_trains_and_keeps_fp32_weights(tmp_path, precision):
 
 
 def test_unknown_precision_is_rejected():
-    from mt.config import RunConfig, TrainConfig, validate_run_config
+    from mt.checks import validate_run_config
+    from mt.config import RunConfig, TrainConfig
 
     with pytest.raises(ValueError, match="train.precision='fp8'"):
         validate_run_config(RunConfig(train=TrainConfig(precision="fp8")))

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch.multiprocessing as mp
 
-from mt.config import RunConfig, TrainConfig, validate_run_config
+from mt.checks import validate_run_config
+from mt.config import RunConfig, TrainConfig
 from mt.loggers import ListLogger
 from mt.training.trainer import Trainer
+from mt.training.validation import Validator
 from tests.conftest import small_run
 from tests.test_distributed import as_rank, free_port
 
@@ -17,15 +19,15 @@ from tests.test_distributed import as_rank, free_port
 SCRIPTED_LOSSES = [3.0, 2.0, 2.5, 2.2, 1.0, 0.5, 0.4, 0.3]
 
 
-def script_validation(trainer_cls) -> None:
+def script_validation(validator_cls) -> None:
     """Replace validation by the scripted losses (the training itself is real)."""
     losses = iter(SCRIPTED_LOSSES)
-    trainer_cls.validate = lambda self: {"val/loss": next(losses), "val/ppl": 1.0}
+    validator_cls.validate = lambda self: {"val/loss": next(losses), "val/ppl": 1.0}
 
 
 def test_training_stops_after_patience_validations_without_improvement(tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "validate", Trainer.validate)  # restored after the test
-    script_validation(Trainer)
+    monkeypatch.setattr(Validator, "validate", Validator.validate)  # restored after the test
+    script_validation(Validator)
     cfg = small_run(tmp_path, max_steps=100, val_every_steps=2, patience=2)
     trainer = Trainer(cfg, tmp_path / "run", logger=ListLogger())
     trainer.fit()
@@ -45,8 +47,8 @@ def test_training_stops_after_patience_validations_without_improvement(tmp_path,
 
 
 def test_without_patience_training_runs_to_the_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(Trainer, "validate", Trainer.validate)
-    script_validation(Trainer)
+    monkeypatch.setattr(Validator, "validate", Validator.validate)
+    script_validation(Validator)
     trainer = Trainer(
         small_run(tmp_path, max_steps=10, val_every_steps=2), tmp_path / "run", logger=ListLogger()
     )
@@ -61,7 +63,7 @@ def test_negative_patience_is_rejected():
 
 def _worker(rank: int, world: int, port: int, tmp: str, out: str) -> None:
     as_rank(rank, world, port)
-    script_validation(Trainer)  # only rank 0 validates; the others learn its verdict
+    script_validation(Validator)  # only rank 0 validates; the others learn its verdict
     cfg = small_run(Path(tmp), max_steps=100, val_every_steps=2, patience=2)
     trainer = Trainer(cfg, Path(tmp) / "run", logger=ListLogger())
     try:

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import mt.kernels.loss
-from mt.config import ModelConfig, RunConfig, TrainConfig, validate_run_config
+from mt.checks import validate_run_config
+from mt.config import ModelConfig, RunConfig, TrainConfig
 from mt.kernels.loss import symmetric_kl
 from mt.loggers import ListLogger
 from mt.training.trainer import Trainer

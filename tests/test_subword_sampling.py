@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from mt.checkpoint import load_checkpoint
-from mt.config import validate_run_config
+from mt.checks import validate_run_config
 from mt.data.batching import ParallelData
 from mt.data.prepare import prepare_data
 from mt.data.streaming import StreamingTrainData

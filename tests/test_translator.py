@@ -31,7 +31,7 @@ def test_empty_lines_give_empty_outputs(translator):
 
 def test_greedy_is_beam_one(translator):
     lines = synthetic_sentences(4, seed=6)
-    translator.beam_size = 1
+    translator.settings.beam_size = 1
     assert len(translator.translate(lines)) == 4
 
 
@@ -108,7 +108,7 @@ def test_decode_precision_is_the_models_arithmetic_during_search(translator, pre
     seen = []
     layer = translator.model.decoder_layers[0].ff.fc1
     handle = layer.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-    translator.precision = precision
+    translator.settings.precision = precision
     try:
         out = translator.translate(synthetic_sentences(3, seed=7))
     finally:
@@ -121,7 +121,8 @@ def test_decode_precision_is_the_models_arithmetic_during_search(translator, pre
 
 
 def test_unknown_decode_precision_is_rejected_with_the_option_name():
-    from mt.config import DecodeConfig, RunConfig, validate_run_config
+    from mt.checks import validate_run_config
+    from mt.config import DecodeConfig, RunConfig
 
     with pytest.raises(ValueError, match="decode.precision='half' must be one of auto, fp32"):
         validate_run_config(RunConfig(decode=DecodeConfig(precision="half")))

@@ -18,7 +18,7 @@ import math
 import resource
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -273,13 +273,8 @@ def benchmark_decoding(loaded: LoadedModel, cfg: RunConfig, device: torch.device
     results = {}
     for suffix, precision in runs:
         for name, beam in (("greedy", 1), ("beam5", 5)):
-            translator = Translator(
-                model,
-                loaded.tokenizer,
-                beam_size=beam,
-                batch_tokens=cfg.decode.batch_tokens,
-                precision=precision,
-            )
+            settings = replace(cfg.decode, beam_size=beam, n_best=1, precision=precision)
+            translator = Translator(model, loaded.tokenizer, settings)
             translator.translate(sources[:50])  # warm-up
             start = time.perf_counter()
             hyps = translator.translate(sources)

@@ -6,14 +6,9 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mt.checkpoint import LoadedModel, load_model
-from mt.config import (
-    DataConfig,
-    EvaluateConfig,
-    TuneDecodingConfig,
-    validate_decode,
-    validate_precision,
-)
+from mt.checkpoint import load_model
+from mt.checks import check_decode
+from mt.config import DataConfig, EvaluateConfig, TuneDecodingConfig, decode_settings
 from mt.data.corpus import load_split
 from mt.decoding.translator import Translator
 from mt.metrics import score
@@ -33,37 +28,14 @@ def apply_overrides(data: DataConfig, overrides: object) -> DataConfig:
     return replace(data, **changes)
 
 
-def checkpoint_translator(
-    loaded: LoadedModel,
-    beam_size: int,
-    length_penalty: float,
-    batch_tokens: int,
-    precision: str = "fp32",
-) -> Translator:
-    """A Translator with the search settings given and the checkpoint's length limits."""
-    return Translator(
-        loaded.model,
-        loaded.tokenizer,
-        beam_size=beam_size,
-        length_penalty=length_penalty,
-        max_len_a=loaded.config.decode.max_len_a,
-        max_len_b=loaded.config.decode.max_len_b,
-        batch_tokens=batch_tokens,
-        precision=precision,
-    )
-
-
 def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     """Translate ``cfg.split`` with the checkpoint and score it; write hypotheses and scores."""
-    validate_decode(cfg.beam_size)
-    validate_precision("precision", cfg.precision)
+    check_decode(cfg)
     loaded = load_model(cfg.checkpoint, use_device(cfg.device))
     data = apply_overrides(loaded.config.data, cfg.data)
     split = resolve_split(data, cfg.split)
     ds = load_split(data, split)
-    translator = checkpoint_translator(
-        loaded, cfg.beam_size, cfg.length_penalty, cfg.batch_tokens, cfg.precision
-    )
+    translator = Translator(loaded.model, loaded.tokenizer, cfg)
     start = time.perf_counter()
     hyps = translator.translate(ds["src"])
     seconds = time.perf_counter() - start
@@ -96,8 +68,8 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
     Greedy search (beam 1) ignores the length penalty, so it is run once.
     """
     for beam in cfg.beam_sizes:
-        validate_decode(beam)
-    validate_precision("precision", cfg.precision)
+        for lp in cfg.length_penalties:
+            check_decode(replace(decode_settings(cfg), beam_size=beam, length_penalty=lp, n_best=1))
     loaded = load_model(cfg.checkpoint, use_device(cfg.device))
     data = apply_overrides(loaded.config.data, cfg.data)
     split = resolve_split(data, cfg.split)
@@ -107,7 +79,8 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
     rows = []
     for beam in cfg.beam_sizes:
         for lp in cfg.length_penalties if beam > 1 else cfg.length_penalties[:1]:
-            translator = checkpoint_translator(loaded, beam, lp, cfg.batch_tokens, cfg.precision)
+            settings = replace(decode_settings(cfg), beam_size=beam, length_penalty=lp, n_best=1)
+            translator = Translator(loaded.model, loaded.tokenizer, settings)
             start = time.perf_counter()
             hyps = translator.translate(ds["src"])
             seconds = time.perf_counter() - start

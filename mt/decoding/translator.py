@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mt.checks import check_decode
+from mt.config import DecodeConfig, decode_settings
 from mt.data.batching import pad
 from mt.data.corpus import clean_line
 from mt.data.tokenizer import Tokenizer
@@ -28,25 +30,15 @@ class Translation:
 
 
 class Translator:
+    """A model, its tokenizer and the decode settings (:class:`mt.config.DecodeConfig`, taken
+    whole: beam size, length penalty, length limits, n-best, batch size, precision)."""
+
     def __init__(
-        self,
-        model: Transformer,
-        tokenizer: Tokenizer,
-        *,
-        beam_size: int = 5,
-        length_penalty: float = 1.0,
-        max_len_a: float = 1.5,
-        max_len_b: int = 10,
-        batch_tokens: int = 6000,
-        precision: str = "fp32",
+        self, model: Transformer, tokenizer: Tokenizer, settings: DecodeConfig | None = None
     ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        # The model's arithmetic during the search (``decode.precision``; ``auto`` is resolved
-        # for the device the model is on when the search runs).
-        self.precision = precision
-        self.beam_size, self.length_penalty = beam_size, length_penalty
-        self.max_len_a, self.max_len_b = max_len_a, max_len_b
-        self.batch_tokens = batch_tokens
+        self.settings = decode_settings(settings) if settings is not None else DecodeConfig()
+        check_decode(self.settings)
         self.ids = SpecialIds(pad=tokenizer.pad_id, bos=tokenizer.bos_id, eos=tokenizer.eos_id)
         # Source ids + EOS must fit the positional table.
         self.max_src_tokens = model.max_positions - 1
@@ -55,12 +47,20 @@ class Translator:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def beam_size(self) -> int:
+        return self.settings.beam_size
+
     def translate(self, lines: list[str]) -> list[str]:
         """One output string per input line."""
         return [nbest[0].text for nbest in self.translate_nbest(lines, n_best=1)]
 
-    def translate_nbest(self, lines: list[str], n_best: int = 1) -> list[list[Translation]]:
-        """For each line its ``n_best`` translations, best first (greedy when beam_size is 1)."""
+    def translate_nbest(
+        self, lines: list[str], n_best: int | None = None
+    ) -> list[list[Translation]]:
+        """For each line its ``n_best`` translations (default: the settings' ``n_best``), best
+        first; greedy when the beam size is 1."""
+        n_best = self.settings.n_best if n_best is None else n_best
         if n_best > self.beam_size:
             raise ValueError(f"n_best={n_best} cannot exceed beam_size={self.beam_size}")
         encoded = self.encode(lines)
@@ -95,7 +95,7 @@ class Translator:
         batches, current, width = [], [], 0
         for i in order:
             w = max(width, len(encoded[i]) + 1)
-            if current and w * (len(current) + 1) > self.batch_tokens:
+            if current and w * (len(current) + 1) > self.settings.batch_tokens:
                 batches.append(current)
                 current, w = [], len(encoded[i]) + 1
             current.append(i)
@@ -107,8 +107,10 @@ class Translator:
     def _search(self, sources: list[list[int]], n_best: int) -> list[list[Translation]]:
         device = self.device
         src = pad(sources, self.ids.pad, suffix=self.ids.eos).to(device)
-        lengths = dict(max_len_a=self.max_len_a, max_len_b=self.max_len_b)
-        with autocast(device, resolve_precision(self.precision, device)):
+        dec = self.settings
+        lengths = dict(max_len_a=dec.max_len_a, max_len_b=dec.max_len_b)
+        # ``auto`` is resolved for the device the model is on when the search runs.
+        with autocast(device, resolve_precision(dec.precision, device)):
             if self.beam_size == 1:
                 outputs = greedy_search(self.model, src, self.ids, **lengths)
                 return [[Translation(text, None)] for text in self.tokenizer.decode(outputs)]
@@ -116,8 +118,8 @@ class Translator:
                 self.model,
                 src,
                 self.ids,
-                beam_size=self.beam_size,
-                length_penalty=self.length_penalty,
+                beam_size=dec.beam_size,
+                length_penalty=dec.length_penalty,
                 n_best=n_best,
                 **lengths,
             )

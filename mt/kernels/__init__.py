@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from mt.config import check_kernels
+from mt.checks import check_kernels
 from mt.kernels import loss as fast_loss
 from mt.kernels.attention import fast_attention
 from mt.kernels.dropout import Dropout

@@ -7,7 +7,7 @@ reads the model in eval mode, in fp32, under ``inference_mode``.
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -49,16 +49,9 @@ class Validator:
         return total / max(n_tokens, 1)
 
     def translator(self, beam_size: int) -> Translator:
-        dec = self.cfg.decode
+        """The run's decode settings (``decode.*``) with ``beam_size``."""
         return Translator(
-            self.model,
-            self.tokenizer,
-            beam_size=beam_size,
-            length_penalty=dec.length_penalty,
-            max_len_a=dec.max_len_a,
-            max_len_b=dec.max_len_b,
-            batch_tokens=dec.batch_tokens,
-            precision=dec.precision,
+            self.model, self.tokenizer, replace(self.cfg.decode, beam_size=beam_size, n_best=1)
         )
 
     def validate(self) -> dict[str, float]:
