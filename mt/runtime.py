@@ -33,11 +33,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     matrix multiplies are clearly faster than fp32 ones (:func:`cpu_bf16_is_fast`); else
     ``fp32``.
 
-    Why measure on CPUs: with bf16 dot-product units (AVX512-BF16, AMX) the tiny model trained
-    2.4x faster in bf16 (benchmarks/README, 2026-11-26b); without them the casts cost more than
-    the emulated bf16 matmuls save (~25% slower). Weights, optimizer state and the loss
-    stay fp32 either way. fp16 is never chosen automatically: it needs a loss scaler and can
-    still overflow.
+    Why measure on CPUs: with bf16 dot-product units (AVX512-BF16, AMX) bf16 trains much faster;
+    without them the casts cost more than the emulated bf16 matmuls save (benchmarks/README.md
+    has both). Weights, optimizer state and the loss stay fp32 either way. fp16 is never
+    chosen automatically: it needs a loss scaler and can still overflow.
     """
     if precision != "auto":
         return precision
@@ -49,9 +48,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 BF16_MIN_SPEEDUP = 1.5
-"""bf16 must multiply matrices this much faster than fp32 to be chosen (measured: ~4x with
-bf16 units, under 1x without; the threshold sits far from both, so timing noise cannot flip
-the choice)."""
+"""bf16 must multiply matrices this much faster than fp32 to be chosen: CPUs with bf16 units
+are well above it, those without below 1 (benchmarks/README.md), so timing noise cannot flip
+the choice."""
 
 
 @functools.lru_cache(maxsize=1)
@@ -123,19 +122,15 @@ def avoid_cudnn_attention() -> None:
     builds an execution graph for every new combination of tensor shapes, forward and backward
     (tens to hundreds of milliseconds each; PyTorch caches them per shape). Token-budget batches
     of a translation corpus have a new (batch size, source length, target length) almost every
-    step, so training paid for new graphs at nearly every step: on an H100 (torch 2.11) the
-    training loop of ``tiny`` ran at 9,108 target tokens/s, the host spending ~0.2 s in each
-    step's forward pass and ~0.2 s in its backward while the GPU waited (attention had the
-    largest host time of any operator in the profile), where the benchmark, whose timed
-    batches had all run once before, measured 113,741 (benchmarks/README.md, "On a GPU"). The
-    other kernels need no per-shape setup. Whether this closes the gap has not been measured on
-    a GPU yet (no device time was left).
+    step, so training would pay for new graphs at nearly every step while the GPU waits. The
+    other kernels need no per-shape setup. The profile that showed it, and what is still to be
+    measured: benchmarks/README.md, "On a GPU".
     """
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-# Entries kept by each of oneDNN's two shape-keyed caches (below). Measured on the R-Drop
-# en->de recipe, 1 thread: 16 holds resident memory flat and trains as fast as the defaults.
+# Entries kept by each of oneDNN's two shape-keyed caches (below): enough to train as fast as
+# the defaults, with flat resident memory (benchmarks/README.md).
 ONEDNN_CACHE_CAPACITY = 16
 ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
 
@@ -147,11 +142,9 @@ def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> dict[str, str]
     primitive in its own cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) and in PyTorch's ideep
     cache (``LRU_CACHE_CAPACITY``), 1,024 entries each by default and megabytes an entry.
     Token-budget batches have a new number of rows almost every step, so both caches fill
-    with entries that are rarely used again: resident memory of a bf16 training run grew
-    without a plateau in sight (7.4 GB after 7 minutes of the R-Drop en->de recipe and still
-    rising, 11.5 GB after 45 minutes), where with both capped at 16 it stayed at 2.6 GB, at the
-    same speed (2,468 against 2,396 target tokens/s; benchmarks/README.md). fp32 matmuls do not
-    go through these caches.
+    with entries that are rarely used again, and resident memory of a bf16 training run grows
+    without a plateau; capped, it stays flat at the same speed (benchmarks/README.md). fp32
+    matmuls do not go through these caches.
     A value the user has set in the environment is kept. Both are read when oneDNN first
     builds a primitive, so this must run before the process's first bf16 matmul.
 
@@ -171,9 +164,8 @@ def keep_freed_memory() -> bool:
     Why: PyTorch's CPU allocator calls malloc/free directly, and every training step allocates
     and frees the same large tensors (the (N, V) logits, their gradient: ~100 MB each for 4k
     tokens and 8k subwords). glibc serves blocks of more than a few MB with fresh ``mmap``
-    pages and unmaps them on ``free``, so each step faults every 4 KB page in again (about
-    70,000 page faults a step for the ``tiny`` model, 5% of its time on a 2-core CPU, measured
-    in one process with the setting switched between alternating rounds; benchmarks/README.md).
+    pages and unmaps them on ``free``, so each step faults every 4 KB page in again, a visible
+    share of a small model's step on a CPU (benchmarks/README.md).
     Serving large blocks from the heap and never trimming it makes them reused in place; the
     process keeps its peak resident memory instead of shrinking between steps. Linux with glibc
     only: elsewhere nothing changes and False is returned.

@@ -72,6 +72,8 @@ def test_benchmark_writes_json(tmp_path):
         "unseen_shapes_ratio",
         "fp32_matmul_peak_flop_per_s",
         "fp32_utilisation",
+        "plain_kernels_tgt_tokens_per_s",  # the same model with model.kernels=plain
+        "speedup_vs_plain_kernels",
     ):
         assert train[key] > 0 or key == "padding_fraction", key
     assert 0 <= train["padding_fraction"] < 1

@@ -8,7 +8,8 @@ import torch
 import mt.kernels.loss
 from mt.checkpoint import load_checkpoint
 from mt.loggers import ListLogger
-from mt.training.trainer import Trainer, TrainingDiverged
+from mt.training.progress import TrainingDiverged
+from mt.training.trainer import Trainer
 from tests.conftest import small_run
 
 

@@ -136,9 +136,9 @@ class TokenIds(Sequence):
     """Id sequences packed into one flat array and offsets: a list of id lists in behaviour
     (``ids[i]`` is a list, iteration, ``==`` with lists), 4 bytes a token in memory.
 
-    Why: a ``datasets`` column indexed row by row formats each row through Arrow (~20 ms for
-    one 4k-token batch, 4% of a 2-core CPU step and most of a GPU one), and Python lists cost
-    ~36 bytes a token (gigabytes for a few million pairs). Batches gather rows from here with
+    Why: a ``datasets`` column indexed row by row formats each row through Arrow (a visible
+    share of a CPU step, most of a GPU one; benchmarks/README.md), and Python lists cost ~36
+    bytes a token (gigabytes for a few million pairs). Batches gather rows from here with
     one vectorised take.
     """
 

@@ -12,7 +12,7 @@ budget (``train.max_steps`` / ``max_minutes`` / ``max_epochs``, whichever is nea
 schedules that ignore it: the last updates take small steps into a minimum instead of bouncing
 at a rate still ~1/4 of the peak (inverse-sqrt's after 16 warm-ups). That pays when the budget
 is long enough to converge; on a budget too short for that it starves the model of updates at
-a useful rate (README, Results: a 15-minute run scored 5.6 BLEU lower with ``linear``).
+a useful rate (docs/results.md has both cases).
 """
 
 import math

@@ -3,7 +3,8 @@
 Resuming is exact on CPU: a checkpoint holds the model, optimizer and schedule, the RNG state,
 the position in the epoch's batch order (which depends only on the seed and the epoch number)
 and the best-score bookkeeping, so a run that is killed and resumed, any number of times, ends
-with the same weights as one that never stopped.
+with the same weights as one that never stopped -- unless the schedule follows the wall clock
+(``max_minutes`` with a decay) or subwords are sampled (mt/data/subword_sampling.py).
 
 One update consumes ``world_size x accum_steps`` batches of the epoch's order
 (:func:`mt.training.distributed.update_slices`): each rank forwards its own micro-batches. Under
@@ -39,13 +40,7 @@ from mt.training.checkpointing import (
     training_payload,
 )
 from mt.training.optim import build_optimizer, build_scheduler
-from mt.training.progress import (
-    Meter,
-    Progress,
-    TrainingDiverged,  # noqa: F401 (raised by the loop; callers import it from here)
-    TrainingInterrupted,
-    stop_on_signals,
-)
+from mt.training.progress import Meter, Progress, TrainingInterrupted, stop_on_signals
 from mt.training.report import choose_final_checkpoint, run_summary, test_pass
 from mt.training.setup import (
     build_run_model,
