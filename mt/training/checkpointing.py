@@ -51,13 +51,18 @@ class CheckpointFiles:
         return sorted(self.run_dir.glob("step_*.pt"), key=lambda q: int(q.stem[5:]))
 
     def save(self, payload: dict, *, step: int, best: bool) -> None:
-        """Write ``last.pt``, ``best.pt`` when ``best``, and ``step_<step>.pt`` when keeping
-        numbered checkpoints (dropping those beyond ``keep_last``)."""
-        save_checkpoint(self.last, payload)
+        """Write ``best.pt`` when ``best``, ``step_<step>.pt`` when keeping numbered checkpoints,
+        then ``last.pt``, then drop numbered ones beyond ``keep_last``.
+
+        ``last.pt`` is the commit point: resuming starts from it, so it is written after the
+        files that belong to its step. A kill before it leaves the previous ``last.pt``, and the
+        resumed run redoes this step and writes them again."""
         if best:
             save_checkpoint(self.best, payload)
         if self.keep_last > 0:
             save_checkpoint(self.run_dir / f"step_{step}.pt", payload)
+        save_checkpoint(self.last, payload)
+        if self.keep_last > 0:
             for old in self.numbered()[: -self.keep_last]:
                 old.unlink()
 
