@@ -104,3 +104,19 @@ def test_average_checkpoints_is_the_mean(tmp_path, tokenizer):
     assert load_model(out).config.model.d_model == 16
     with pytest.raises(ValueError, match="no checkpoints"):
         average_checkpoints([])
+
+
+def test_last_pt_is_written_after_the_files_of_its_step(tmp_path, monkeypatch):
+    """``last.pt`` is where a resumed run starts: a kill before it is written must leave the
+    previous one, never a ``last.pt`` whose ``best.pt`` or ``step_N.pt`` is missing."""
+    import mt.training.checkpointing as checkpointing
+    from mt.training.checkpointing import CheckpointFiles
+
+    written = []
+    monkeypatch.setattr(checkpointing, "save_checkpoint", lambda path, _: written.append(path.name))
+    files = CheckpointFiles(tmp_path, keep_last=2)
+    files.save({}, step=200, best=True)
+    assert written == ["best.pt", "step_200.pt", "last.pt"]
+    written.clear()
+    files.save({}, step=400, best=False)
+    assert written == ["step_400.pt", "last.pt"]
