@@ -120,3 +120,37 @@ def test_last_pt_is_written_after_the_files_of_its_step(tmp_path, monkeypatch):
     written.clear()
     files.save({}, step=400, best=False)
     assert written == ["step_400.pt", "last.pt"]
+
+
+def test_a_run_directory_with_a_run_in_it_is_not_overwritten(tmp_path):
+    from mt.training.checkpointing import resume_path
+
+    assert resume_path(None, tmp_path) is None  # an empty directory: a new run
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="already holds a training run.*train.resume=auto"):
+        resume_path(None, tmp_path)
+    assert resume_path("auto", tmp_path) == tmp_path / "last.pt"
+
+
+def test_a_second_training_in_the_same_directory_refuses(tmp_path):
+    import subprocess
+    import sys
+
+    from mt.training.checkpointing import RunLock
+
+    lock = RunLock(tmp_path)
+    # Another process trying the same directory is refused while the lock is held...
+    other = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import pathlib, sys; from mt.training.checkpointing import RunLock; "
+            f"RunLock(pathlib.Path({str(tmp_path)!r}))",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert other.returncode != 0
+    assert f"another training (process {os.getpid()}) is running in {tmp_path}" in other.stderr
+    lock.release()
+    RunLock(tmp_path).release()  # ...and gets it once it is released

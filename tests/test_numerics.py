@@ -112,3 +112,15 @@ def test_test_pass_can_be_left_out(tmp_path):
     assert "test" not in metrics and metrics["train"]["steps"] == 4
     assert not list((tmp_path / "run").glob("*.hyp"))
     assert "test" not in json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+def test_metrics_speed_counts_training_time_only(tmp_path):
+    """train.tgt_tokens_per_s: target tokens over the loop's time less validation, where the
+    final validation's time is in both (it once was subtracted without being counted)."""
+    Trainer(small_run(tmp_path, max_steps=8, val_every_steps=4), tmp_path / "run").fit()
+    train = json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]
+    assert 0 < train["validation_minutes"] < train["minutes"]
+    training_seconds = (train["minutes"] - train["validation_minutes"]) * 60
+    expected = train["tgt_tokens"] / training_seconds
+    assert train["tgt_tokens_per_s"] == pytest.approx(expected, rel=0.05, abs=50)
+    assert train["tgt_tokens_per_s"] < 1e6  # a small CPU run, not 1e12

@@ -2,7 +2,9 @@
 (``last.pt``, ``best.pt``, the last ``train.keep_last`` numbered ones), and how it restores the
 exact state of the run it continues. The file format is mt/checkpoint.py's."""
 
+import fcntl
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,8 +18,16 @@ log = logging.getLogger("mt.training.trainer")
 
 
 def resume_path(resume: str | None, run_dir: Path) -> Path | None:
-    """``train.resume``: ``auto`` -> the run directory's ``last.pt`` if any; a path must exist."""
+    """``train.resume``: ``auto`` -> the run directory's ``last.pt`` if any; a path must exist.
+    Without it, a run directory that already holds a run is refused: starting over there would
+    overwrite its checkpoints and metrics."""
     if resume is None:
+        if (run_dir / "last.pt").exists():
+            raise ValueError(
+                f"{run_dir} already holds a training run (last.pt): continue it with "
+                "train.resume=auto, or start afresh in another directory (hydra.run.dir=...) "
+                "or after deleting its *.pt files"
+            )
         return None
     if resume == "auto":
         last = run_dir / "last.pt"
@@ -29,6 +39,32 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
             "the run directory's last.pt, or give the path of a .pt file)"
         )
     return path
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the life of the process that trains in it:
+    a second training started there refuses instead of mixing its files with the first's."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "train.lock"
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(self.fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(self.fd)
+            raise ValueError(
+                f"another training (process {owner}) is running in {run_dir}: wait for it to "
+                "end, or give this one another directory (hydra.run.dir=...)"
+            ) from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, str(os.getpid()).encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
 
 
 @dataclass

@@ -34,6 +34,7 @@ from mt.training import distributed
 from mt.training.budget import Budget
 from mt.training.checkpointing import (
     CheckpointFiles,
+    RunLock,
     restore_training_state,
     resume_path,
     rng_state,
@@ -66,6 +67,7 @@ class Trainer:
         # Every rank works in rank 0's run directory (Hydra's timestamped default may differ).
         self.run_dir = Path(self.dist.gather(str(run_dir))[0])
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.run_dir) if self.dist.is_main else None
         keep = max(cfg.train.keep_last, cfg.train.average_last)
         self.files = CheckpointFiles(self.run_dir, keep_last=keep)
         set_seed(cfg.seed)  # the same initial weights on every rank
@@ -232,8 +234,16 @@ class Trainer:
     def fit(self) -> dict:
         """Train until a limit is reached, then translate the test split with the best model.
 
-        Raises TrainingInterrupted after saving when SIGINT/SIGTERM arrives.
+        Raises TrainingInterrupted after saving when SIGINT/SIGTERM arrives. The run directory's
+        lock is released at the end, however the run ends.
         """
+        try:
+            return self.fit_and_test()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+    def fit_and_test(self) -> dict:
         with stop_on_signals() as interrupted:
             stopped = self.train_loop(interrupted)
         if stopped:
@@ -346,6 +356,7 @@ class Trainer:
             paused = time.monotonic() - pause
             m.start += paused  # speeds exclude validation
             p.validation_seconds += paused
+            p.train_seconds = self.budget.seconds()  # validation included, as in the budget
             if self.patience_exhausted():
                 self.stopped_early = True
                 return False
