@@ -7,6 +7,7 @@ temporary file that is flushed, fsynced and renamed over the target, so a crash 
 the previous checkpoint intact.
 """
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -31,14 +32,16 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        digest = {"model_digest": weights_digest(payload["model"])} if "model" in payload else {}
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format_version": FORMAT_VERSION, **payload}, f)
+            torch.save({"format_version": FORMAT_VERSION, **payload, **digest}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
+        # A full disk surfaces from torch.save's writer as a RuntimeError ("unexpected pos").
+        if isinstance(err, OSError | RuntimeError):
             raise OSError(
                 f"could not write checkpoint {path} ({err}); the previous file is unchanged"
             ) from err
@@ -50,6 +53,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    _check_format(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -63,7 +67,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or "model" not in payload or "config" not in payload:
         raise ValueError(f"{path} is not an mt checkpoint (no model weights / config inside)")
+    expected = payload.get("model_digest")
+    if expected is not None and expected != weights_digest(payload["model"]):
+        raise ValueError(
+            f"checkpoint {path} is corrupt: its weights do not match the checksum stored when "
+            "it was saved (a damaged copy or disk?). Copy it again, or use another checkpoint"
+        )
     return payload
+
+
+def _check_format(path: Path) -> None:
+    """Files that cannot be a checkpoint get a message saying what they are instead."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip container
+        return
+    if head.startswith(b"version https://git-lfs"):
+        raise ValueError(
+            f"{path} is a Git LFS pointer, not the checkpoint itself: fetch the file "
+            "(git lfs pull) or download it again"
+        )
+    raise ValueError(
+        f"{path} is not an mt checkpoint (not a file written by torch.save; it starts with "
+        f"{head[:16]!r}): give the path of a .pt file written by training"
+    )
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """A checksum of the weights (names, dtypes, shapes and bytes), stored at save time and
+    checked at load, so that flipped bytes are found instead of translated."""
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
 
 
 @dataclass

@@ -16,7 +16,7 @@ def user_errors() -> Iterator[None]:
     """
     try:
         yield
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: missing files, full disk, permissions
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -154,3 +154,45 @@ def test_a_second_training_in_the_same_directory_refuses(tmp_path):
     assert f"another training (process {os.getpid()}) is running in {tmp_path}" in other.stderr
     lock.release()
     RunLock(tmp_path).release()  # ...and gets it once it is released
+
+
+def test_flipped_bytes_in_the_weights_are_found(tmp_path, tokenizer):
+    path, _, _ = make_checkpoint(tmp_path, tokenizer)
+    data = bytearray(path.read_bytes())
+    weight = load_checkpoint(path)["model"]["embed.weight"]
+    at = bytes(data).find(weight.numpy().tobytes()[:64])
+    assert at > 0  # the tensor's bytes are stored as they are
+    data[at + 10] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"checkpoint {path} is corrupt: .*checksum"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 123\n", "Git LFS"),
+        (b"<!DOCTYPE html><html>Not found</html>", "not an mt checkpoint"),
+        (b"", "not an mt checkpoint"),
+    ],
+)
+def test_files_that_are_not_checkpoints_say_what_they_are(tmp_path, content, message):
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(path)
+
+
+def test_full_disk_inside_torch_save_keeps_the_previous_checkpoint(
+    tmp_path, tokenizer, monkeypatch
+):
+    path, _, _ = make_checkpoint(tmp_path, tokenizer)
+    before = path.read_bytes()
+
+    def full_disk(*args, **kwargs):  # what torch.save's zip writer raises on ENOSPC
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="could not write checkpoint .* previous file is unchanged"):
+        save_checkpoint(path, {"model": {}, "config": {}})
+    assert path.read_bytes() == before

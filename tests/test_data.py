@@ -216,3 +216,13 @@ def test_truncated_gzip_is_a_clear_error(tmp_path):
     (corpus / "train.xx.gz").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"cannot read .*train\.xx\.gz"):
         load_split(cfg, "train")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_an_empty_split_names_its_files(tmp_path, gz):
+    from mt.data.corpus import load_split
+
+    write_corpus(tmp_path, "val", {"xx": [], "yy": []}, gz=gz)
+    cfg = DataConfig(dir=str(tmp_path), src_lang="xx", tgt_lang="yy", cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"split 'val' is empty: .*val\.xx.* hold no lines"):
+        load_split(cfg, "val")

@@ -129,11 +129,33 @@ def test_metrics_speed_counts_training_time_only(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Validator, "validate", slow_validate)
     started = time.monotonic()
-    Trainer(small_run(tmp_path, max_steps=4, val_every_steps=2), tmp_path / "run").fit()
+    trainer = Trainer(small_run(tmp_path, max_steps=4, val_every_steps=2), tmp_path / "run")
+    trainer.fit()
     elapsed = time.monotonic() - started
+    p = trainer.progress  # the unrounded times behind metrics.json
+    assert 2.0 <= p.validation_seconds < p.train_seconds <= elapsed
     train = json.loads((tmp_path / "run" / "metrics.json").read_text())["train"]
-    assert 2.0 / 60 <= train["validation_minutes"] < train["minutes"] <= elapsed / 60
-    training_seconds = (train["minutes"] - train["validation_minutes"]) * 60
-    assert train["tgt_tokens_per_s"] == pytest.approx(
-        train["tgt_tokens"] / training_seconds, rel=0.1
-    )
+    expected = p.tgt_tokens / (p.train_seconds - p.validation_seconds)
+    assert train["tgt_tokens_per_s"] == pytest.approx(expected, rel=1e-3)
+
+
+def test_ctrl_c_during_the_test_pass_says_how_to_finish_it(tmp_path, monkeypatch):
+    from mt.training.progress import TrainingInterrupted
+    from mt.training.validation import Validator
+
+    real_test = Validator.test
+
+    def interrupted(self, out_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Validator, "test", interrupted)
+    cfg = small_run(tmp_path, max_steps=4, val_every_steps=2)
+    with pytest.raises(TrainingInterrupted, match="test pass was interrupted.*train.resume=auto"):
+        Trainer(cfg, tmp_path / "run").fit()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    monkeypatch.setattr(Validator, "test", real_test)
+    cfg.train.resume = "auto"
+    resumed = Trainer(cfg, tmp_path / "run")
+    metrics = resumed.fit()  # no more training: the test pass only
+    assert resumed.progress.step == 4 and "test" in metrics
+    assert (tmp_path / "run" / "metrics.json").exists()

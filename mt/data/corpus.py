@@ -142,6 +142,11 @@ def load_split(cfg: DataConfig, split: str) -> datasets.Dataset:
         return _load_hub_split(cfg, split)
     src_path, tgt_path = ensure_split_files(cfg, split)
     try:
+        if next(read_pairs(str(src_path), str(tgt_path), cfg.invalid_utf8), None) is None:
+            raise ValueError(
+                f"split {split!r} is empty: {src_path} and {tgt_path} hold no lines. Put "
+                "sentence pairs in them, or point data.*_split / data.dir at files that have some"
+            )
         ds = datasets.Dataset.from_generator(
             read_pairs,
             gen_kwargs={
@@ -152,6 +157,8 @@ def load_split(cfg: DataConfig, split: str) -> datasets.Dataset:
             cache_dir=cfg.cache_dir,
             fingerprint=_file_fingerprint(src_path, tgt_path) + cfg.invalid_utf8,
         )
+    except (OSError, EOFError) as err:  # e.g. a truncated .gz, met by the first read
+        raise ValueError(f"cannot read {src_path} / {tgt_path}: {err}") from None
     except datasets.exceptions.DatasetGenerationError as err:
         cause = err.__cause__
         if isinstance(cause, ValueError):  # our own messages name file and line already

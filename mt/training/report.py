@@ -1,7 +1,9 @@
-"""The end of a run: which checkpoint represents it (``best.pt``, or the average of the last
-ones when that scores higher on validation), its test score, and ``metrics.json``'s summary."""
+"""What a run reports: the metrics of its log lines, and at the end which checkpoint represents
+it (``best.pt``, or the average of the last ones when that scores higher on validation), its
+test score, and ``metrics.json``'s summary."""
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -14,6 +16,27 @@ from mt.training.progress import Progress
 from mt.training.validation import Validator
 
 log = logging.getLogger("mt.training.trainer")
+
+
+def filter_metrics(stats: FilterStats) -> dict[str, int]:
+    return {
+        "data/train_pairs_kept": stats.kept,
+        "data/dropped_empty": stats.empty,
+        "data/dropped_too_long": stats.too_long,
+        "data/dropped_length_ratio": stats.bad_ratio,
+    }
+
+
+def training_metrics(loss: float, speed: float, lr: float, p: Progress) -> dict[str, float]:
+    """What each log line says of training since the previous one."""
+    return {
+        "train/loss": loss,
+        "train/ppl": math.exp(min(loss, 50.0)),
+        "train/lr": lr,
+        "train/tgt_tokens_per_s": speed,
+        "train/epoch": p.epoch + 1,
+        "train/nonfinite_updates": p.nonfinite_updates,
+    }
 
 
 def run_summary(

@@ -13,7 +13,6 @@ torchrun only rank 0 logs, validates and writes files.
 
 import json
 import logging
-import math
 import threading
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from mt.kernels import loss_functions
 from mt.loggers import MetricLogger
 from mt.model.transformer import count_parameters
 from mt.runtime import resolve_precision, set_seed
-from mt.training import distributed
+from mt.training import distributed, report, setup
 from mt.training.budget import Budget
 from mt.training.checkpointing import (
     CheckpointFiles,
@@ -41,14 +40,12 @@ from mt.training.checkpointing import (
     training_payload,
 )
 from mt.training.optim import build_optimizer, build_scheduler
-from mt.training.progress import Meter, Progress, TrainingInterrupted, stop_on_signals
-from mt.training.report import choose_final_checkpoint, run_summary, test_pass
-from mt.training.setup import (
-    build_run_model,
-    choose_device,
-    prepare_run_data,
-    run_logger,
-    wrap_for_training,
+from mt.training.progress import (
+    Meter,
+    Progress,
+    TrainingInterrupted,
+    sigterm_as_interrupt,
+    stop_on_signals,
 )
 from mt.training.updates import Updater
 from mt.training.validation import Validator
@@ -63,7 +60,7 @@ class Trainer:
         self, cfg: RunConfig, run_dir: str | Path, *, logger: MetricLogger | None = None
     ) -> None:
         self.cfg = cfg
-        self.device, self.dist = choose_device(cfg)
+        self.device, self.dist = setup.choose_device(cfg)
         # Every rank works in rank 0's run directory (Hydra's timestamped default may differ).
         self.run_dir = Path(self.dist.gather(str(run_dir))[0])
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,9 +71,9 @@ class Trainer:
         resume_from = resume_path(cfg.train.resume, self.run_dir)
         state = load_checkpoint(resume_from) if resume_from else None
         tokenizer = Tokenizer(state["tokenizer"]) if state else None
-        self.data = prepare_run_data(cfg, self.run_dir, self.dist, tokenizer)
+        self.data = setup.prepare_run_data(cfg, self.run_dir, self.dist, tokenizer)
         self.tokenizer = self.data.tokenizer
-        self.model = build_run_model(cfg, self.tokenizer, self.device)
+        self.model = setup.build_run_model(cfg, self.tokenizer, self.device)
         self.validator = Validator(self.model, self.tokenizer, self.data, cfg, self.device)
         self.progress = Progress()
         self.budget = Budget(cfg.train)
@@ -85,7 +82,7 @@ class Trainer:
         self.updater = self.build_updater(state, source=str(resume_from))
         if self.dist.rank:
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)  # own dropout masks
-        self.logger = logger or run_logger(self.run_dir, self.dist, self.progress.step)
+        self.logger = logger or setup.run_logger(self.run_dir, self.dist, self.progress.step)
         if not state and not cfg.data.streaming:
             self.log_filter_stats()
         log.info(
@@ -110,7 +107,7 @@ class Trainer:
         precision = self.dist.gather(resolve_precision(cfg.train.precision, self.device))[0]
         updater = Updater(
             model=self.model,
-            train_model=wrap_for_training(self.model, cfg, self.dist, self.device),
+            train_model=setup.wrap_for_training(self.model, cfg, self.dist, self.device),
             optimizer=optimizer,
             scheduler=scheduler,
             loss=loss_functions(cfg.model.kernels),
@@ -137,16 +134,7 @@ class Trainer:
 
     def log_filter_stats(self) -> None:
         """Kept / dropped training pairs (for a streamed corpus: of the epoch just read)."""
-        stats = self.data.filter_stats
-        self.logger.log_dict(
-            {
-                "data/train_pairs_kept": stats.kept,
-                "data/dropped_empty": stats.empty,
-                "data/dropped_too_long": stats.too_long,
-                "data/dropped_length_ratio": stats.bad_ratio,
-            },
-            self.progress.step,
-        )
+        self.logger.log_dict(report.filter_metrics(self.data.filter_stats), self.progress.step)
 
     # -- updates ---------------------------------------------------------------------------------
 
@@ -255,7 +243,15 @@ class Trainer:
         if not self.dist.is_main:
             self.dist.barrier()  # rank 0 alone translates the test split; end together
             return {}
-        metrics = self.finish()
+        try:
+            with sigterm_as_interrupt():
+                metrics = self.finish()
+        except KeyboardInterrupt:
+            raise TrainingInterrupted(
+                f"the test pass was interrupted; training ended at step {self.progress.step} "
+                f"and is saved. Finish the test pass with: python scripts/train.py "
+                f"<same options> train.resume=auto hydra.run.dir={self.run_dir}"
+            ) from None
         self.dist.barrier()
         return metrics
 
@@ -365,18 +361,8 @@ class Trainer:
         return stop if limit or stop else None
 
     def log_training(self, loss: float, speed: float) -> None:
-        p = self.progress
-        self.logger.log_dict(
-            {
-                "train/loss": loss,
-                "train/ppl": math.exp(min(loss, 50.0)),
-                "train/lr": self.updater.scheduler.get_last_lr()[0],
-                "train/tgt_tokens_per_s": speed,
-                "train/epoch": p.epoch + 1,
-                "train/nonfinite_updates": p.nonfinite_updates,
-            },
-            p.step,
-        )
+        p, lr = self.progress, self.updater.scheduler.get_last_lr()[0]
+        self.logger.log_dict(report.training_metrics(loss, speed, lr, p), p.step)
         self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", epoch=p.epoch + 1)
 
     # -- the end ----------------------------------------------------------------------------------
@@ -385,7 +371,7 @@ class Trainer:
         """Translate the test split with the best checkpoint (or the average of the last ones,
         when ``train.average_last`` is set and it scores higher on validation); write
         metrics.json. With ``train.test_at_end=false`` the test split is left alone."""
-        metrics = run_summary(
+        metrics = report.run_summary(
             self.progress,
             self.data.filter_stats,
             stopped_early=self.stopped_early,
@@ -393,11 +379,11 @@ class Trainer:
             device=self.device,
         )
         if self.cfg.train.test_at_end:
-            chosen, averaged = choose_final_checkpoint(
+            chosen, averaged = report.choose_final_checkpoint(
                 self.files, self.cfg.train.average_last, self.model, self.validator, self.progress
             )
             load_weights(self.model, load_checkpoint(chosen)["model"], source=str(chosen))
-            metrics.update(test_pass(self.validator, self.cfg, self.run_dir))
+            metrics.update(report.test_pass(self.validator, self.cfg, self.run_dir))
             metrics.update({"test_checkpoint": chosen.name, "averaged": averaged})
             self.logger.log_dict(
                 {"test/bleu": metrics["test"]["bleu"], "test/chrf": metrics["test"]["chrf"]},
