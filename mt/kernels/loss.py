@@ -89,17 +89,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 def label_smoothed_nll(
     logits: Tensor, target: Tensor, *, epsilon: float, pad_id: int
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Smoothed loss and plain NLL, both summed over non-pad tokens.
-
-    The smoothed target puts 1 - epsilon on the reference token and spreads epsilon uniformly
-    over the whole vocabulary (fairseq's formulation). The arithmetic is float32 whatever the
-    logits' dtype (under autocast they arrive in bf16/fp16); the gradient has their dtype.
-
-    Args:
-        logits: (B, T, V); target: (B, T) ids, ``pad_id`` where there is no token.
-    Returns:
-        (loss_sum, nll_sum, n_tokens), all 0-dim tensors: nothing here waits for the device.
-    """
+    """:func:`mt.model.loss.label_smoothed_nll`, blockwise: logits (B, T, V), target (B, T)
+    -> (loss_sum, nll_sum, n_tokens), 0-dim tensors (nothing here waits for the device); the
+    arithmetic is float32, the gradient has the logits' dtype."""
     vocab = logits.size(-1)
     flat = logits.reshape(-1, vocab)  # (N, V)
     loss, nll = _SmoothedCrossEntropy.apply(flat, target.reshape(-1), epsilon, pad_id)
@@ -158,17 +150,9 @@ def _block_log_probs(block_p: Tensor, block_q: Tensor) -> tuple[Tensor, Tensor, 
 
 
 def symmetric_kl(logits_p: Tensor, logits_q: Tensor, target: Tensor, *, pad_id: int) -> Tensor:
-    """The R-Drop consistency term (Liang et al. 2021, eq. 2), summed over non-pad tokens.
-
-    Two forward passes of one batch under different dropout masks should predict the same
-    distribution; penalising their symmetric KL divergence regularises a model that overfits a
-    small corpus, at the cost of a second forward and backward pass per update.
-
-    Args:
-        logits_p, logits_q: (B, T, V), the two passes; target: (B, T) ids (for the padding).
-    Returns:
-        0-dim tensor: sum over real tokens of (KL(p||q) + KL(q||p)) / 2, float32.
-    """
+    """:func:`mt.model.loss.symmetric_kl`, blockwise: (B, T, V) logits of the two passes and
+    (B, T) target ids -> 0-dim float32 sum over real tokens; the gradients have the logits'
+    dtype."""
     vocab = logits_p.size(-1)
     return _SymmetricKL.apply(
         logits_p.reshape(-1, vocab),  # (N, V)
