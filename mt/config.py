@@ -319,8 +319,13 @@ def _build(cls: type, raw: dict) -> Any:
 def from_hydra(cfg: Any) -> Any:
     """A composed Hydra config (DictConfig over one of the schemas) -> the plain dataclass."""
     from omegaconf import OmegaConf
+    from omegaconf.errors import MissingMandatoryValue
 
-    return OmegaConf.to_object(cfg)
+    try:
+        return OmegaConf.to_object(cfg)
+    except MissingMandatoryValue as err:
+        key = err.full_key or "?"
+        raise ValueError(f"the option {key} is required: give {key}=...") from None
 
 
 def register_configs() -> None:

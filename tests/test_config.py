@@ -158,3 +158,19 @@ def test_recipes_compose_and_validate(recipe, model, src, tgt):
     else:
         assert cfg.data.hub_name and cfg.train.warmup_steps == 4000
         assert cfg.train.precision == "bf16"
+
+
+def test_a_missing_mandatory_option_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "scripts/evaluate.py", f"hydra.run.dir={tmp_path}"],
+        cwd=CONFIGS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "error: the option checkpoint is required: give checkpoint=..." in result.stderr
+    assert "Traceback" not in result.stderr
