@@ -8,6 +8,7 @@ nothing): sentences/s, output words/s, target tokens/s and BLEU, greedy and beam
 """
 
 import json
+import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -83,6 +84,7 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
     if loaded:  # measure the checkpoint's architecture and vocabulary
         cfg.model = loaded.config.model
     result = {
+        "command": " ".join(["python", *sys.argv]),
         "machine": machine_description(device),
         "torch": torch.__version__,
         "model": asdict(cfg.model),
