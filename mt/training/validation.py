@@ -39,10 +39,10 @@ class Validator:
         """Per-token NLL (no smoothing) with teacher forcing."""
         self.model.eval()
         total, n_tokens = 0.0, 0
+        nll = loss_functions(self.cfg.model.kernels).label_smoothed_nll
         for batch in eval_set.ids.batches(self.cfg.train.batch_tokens):
             batch = batch.to(self.device)
             logits = self.model(batch.src, batch.tgt_in)  # (B, T, V)
-            nll = loss_functions(self.cfg.model.kernels).label_smoothed_nll
             _, nll_sum, _ = nll(logits, batch.tgt_out, epsilon=0.0, pad_id=self.tokenizer.pad_id)
             total += float(nll_sum)
             n_tokens += batch.n_tgt_tokens
