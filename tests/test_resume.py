@@ -1,5 +1,6 @@
 """Exact resume: a run killed (SIGKILL, SIGTERM) and resumed ends with the same weights."""
 
+import json
 import random
 import signal
 import subprocess
@@ -117,3 +118,87 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
     events.Reload()
     steps = [e.step for e in events.Scalars("val/loss")]
     assert steps == [10, 20, 30, 40]  # no duplicates after the resumes
+
+
+# Runs scripts/train.py with save_checkpoint (or the test pass) wrapped so that the process
+# SIGKILLs itself at one chosen point: MODE is "before" / "after" the Nth checkpoint write, or
+# "test" at the start of the test pass.
+KILLER = """
+import os, runpy, signal, sys
+import mt.training.checkpointing as files
+from mt.training.validation import Validator
+mode, n = sys.argv[1], int(sys.argv[2])
+calls, real_save, real_test = 0, files.save_checkpoint, Validator.test
+
+def save(path, payload):
+    global calls
+    calls += 1
+    if mode == "before" and calls == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_save(path, payload)
+    if mode == "after" and calls == n:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def test(self, out_dir):
+    if mode == "test":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_test(self, out_dir)
+
+files.save_checkpoint, Validator.test = save, test
+sys.argv = ["scripts/train.py", *sys.argv[3:]]
+runpy.run_path("scripts/train.py", run_name="__main__")
+"""
+
+
+def outcome(run_dir: Path) -> dict:
+    """What a finished run leaves that must not depend on where it was killed."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for timing in ("minutes", "validation_minutes", "tgt_tokens_per_s"):
+        metrics["train"].pop(timing)
+    return {
+        "last": load_checkpoint(run_dir / "last.pt")["model"],
+        "best": load_checkpoint(run_dir / "best.pt")["model"],
+        "metrics": metrics,
+        "test": (run_dir / "test.hyp").read_text(),
+    }
+
+
+@pytest.mark.slow
+def test_killed_at_every_checkpoint_write_and_in_the_test_pass_then_resumed(tmp_path):
+    """Kill points: before and after each checkpoint file of the run (validation steps write
+    best.pt, step_N.pt and last.pt; the end writes averaged.pt), and in the test pass. Each
+    killed run, resumed with train.resume=auto, ends as the uninterrupted run did."""
+    corpus, cache = tmp_path / "corpus", tmp_path / "cache"
+    reversal_corpus(corpus)
+    settings = ["train.max_steps=12", "train.val_every_steps=4", "train.save_every_steps=4"]
+    settings += ["train.average_last=2", "data.subword_alpha=0"]
+
+    def train(run_dir: Path, mode: str = "none", n: int = 0) -> int:
+        cmd = [sys.executable, "-c", KILLER, mode, str(n)]
+        cmd += command(corpus, run_dir, cache)[2:] + settings
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert done.returncode in (0, -signal.SIGKILL), done.stderr[-2000:]
+        return done.returncode
+
+    train(tmp_path / "straight")
+    expected = outcome(tmp_path / "straight")
+    points = [("test", 0)]
+    n = 1
+    while True:  # until a run writes fewer than n files: every write is a kill point
+        run_dir = tmp_path / f"before_{n}"
+        if train(run_dir, "before", n) == 0:
+            break
+        points += [("before", n), ("after", n)]
+        n += 1
+    assert n > 6  # several validation steps and the average were covered
+    for mode, n in points:
+        run_dir = tmp_path / f"{mode}_{n}"
+        if mode != "before":
+            assert train(run_dir, mode, n) == -signal.SIGKILL
+        assert train(run_dir) == 0  # resumed (train.resume=auto), to the end
+        got = outcome(run_dir)
+        for name in ("last", "best"):
+            for key, tensor in expected[name].items():
+                assert torch.equal(tensor, got[name][key]), f"{mode} {n}: {name}.pt {key}"
+        assert got["metrics"] == expected["metrics"], f"{mode} {n}"
+        assert got["test"] == expected["test"], f"{mode} {n}"
