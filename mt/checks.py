@@ -49,8 +49,13 @@ def check_train(t: TrainConfig, m: ModelConfig) -> None:
             raise ValueError(f"train.{name}={value} must be positive (or null for no limit)")
     if t.max_steps is None and t.max_epochs is None and t.max_minutes is None:
         raise ValueError("set at least one of train.max_steps, train.max_epochs, train.max_minutes")
-    if not (math.isfinite(t.lr) and t.lr > 0):
-        raise ValueError(f"train.lr={t.lr} must be a positive number")
+    for name in ("lr", "clip_norm", "adam_eps"):
+        if not (math.isfinite(getattr(t, name)) and getattr(t, name) > 0):
+            raise ValueError(f"train.{name}={getattr(t, name)} must be a positive number")
+    for name in ("adam_beta1", "adam_beta2"):
+        _probability(f"train.{name}", getattr(t, name))
+    if not (math.isfinite(t.weight_decay) and t.weight_decay >= 0):
+        raise ValueError(f"train.weight_decay={t.weight_decay} must be 0 or more")
     if t.lr_decay not in LR_DECAYS:
         raise ValueError(f"train.lr_decay={t.lr_decay!r} must be one of {', '.join(LR_DECAYS)}")
     _probability("train.label_smoothing", t.label_smoothing)

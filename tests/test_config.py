@@ -113,6 +113,19 @@ def test_wrong_type_fails_at_compose_time():
         ("train.max_steps=-1", "train.max_steps=-1 must be positive"),
         ("model.dropout=1.5", "model.dropout=1.5"),
         ("train.lr_decay=step", "train.lr_decay='step' must be one of inverse_sqrt"),
+        # Not-a-number and infinity pass a plain "> 0" test in some forms: each is refused.
+        ("train.lr=nan", "train.lr=nan must be a positive number"),
+        ("train.lr=inf", "train.lr=inf must be a positive number"),
+        ("train.clip_norm=-1", "train.clip_norm=-1.0 must be a positive number"),
+        ("train.adam_beta2=1.0", "train.adam_beta2=1.0 must be in"),
+        ("train.weight_decay=nan", "train.weight_decay=nan must be 0 or more"),
+        ("train.label_smoothing=nan", "train.label_smoothing=nan"),
+        ("train.max_minutes=nan", "train.max_minutes=nan must be positive"),
+        ("train.batch_tokens=0", "train.batch_tokens=0 must be positive"),
+        ("decode.length_penalty=nan", "decode.length_penalty=nan must be 0 or more"),
+        ("decode.max_len_a=-1", "decode.max_len_a=-1.0 must be 0 or more"),
+        ("decode.n_best=6", "decode.n_best=6 must be between 1 and beam_size=5"),
+        ("data.subword_alpha=nan", "data.subword_alpha=nan must be 0"),
     ],
 )
 def test_impossible_values_are_rejected_with_the_option_name(override, message):
@@ -174,3 +187,29 @@ def test_a_missing_mandatory_option_is_one_line(tmp_path):
     assert result.returncode == 2
     assert "error: the option checkpoint is required: give checkpoint=..." in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_bad_option_is_said_once_on_the_console_and_kept_in_the_run_log(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", "model.n_heads=3", f"hydra.run.dir={tmp_path}"],
+        cwd=CONFIGS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    message = "model.d_model=256 is not divisible by model.n_heads=3"
+    assert result.stderr.count(message) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert message in (tmp_path / "train.log").read_text()
+
+
+def test_empty_tuning_lists_are_refused(tmp_path):
+    from mt.config import TuneDecodingConfig
+    from mt.decoding.evaluation import tune_decoding
+
+    with pytest.raises(ValueError, match=r"beam_sizes=\[\] is empty"):
+        tune_decoding(TuneDecodingConfig(checkpoint="unused.pt", beam_sizes=[]), tmp_path)

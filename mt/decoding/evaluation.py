@@ -67,6 +67,9 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
 
     Greedy search (beam 1) ignores the length penalty, so it is run once.
     """
+    for name in ("beam_sizes", "length_penalties"):
+        if not getattr(cfg, name):
+            raise ValueError(f"{name}=[] is empty: give at least one value, e.g. {name}=[1,5]")
     for beam in cfg.beam_sizes:
         for lp in cfg.length_penalties:
             check_decode(replace(decode_settings(cfg), beam_size=beam, length_penalty=lp, n_best=1))
