@@ -7,7 +7,6 @@ per input line to stdout (``cat in.txt | python scripts/translate.py checkpoint=
 import logging
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -18,7 +17,7 @@ from mt.cli import user_errors
 from mt.config import from_hydra, register_configs
 from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
 from mt.decoding.translator import Translator
-from mt.plots.attention import cross_attention, resolve_layer, save_plot
+from mt.plots.attention import cross_attention, plot_folder, resolve_layer, save_plot
 from mt.runtime import use_device
 
 register_configs()
@@ -26,7 +25,7 @@ register_configs()
 
 def attention_writer(translator: Translator, tcfg):
     """A per-line hook that writes the line's cross-attention heatmap as a PNG."""
-    folder = Path(tcfg.attention_plot)
+    folder = plot_folder(tcfg.attention_plot)
     resolve_layer(translator.model, tcfg.attention_layer)  # fail now, not after the first line
 
     def write(number: int, text: str) -> None:

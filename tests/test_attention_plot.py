@@ -65,3 +65,12 @@ def test_training_curves_png_from_tensorboard(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError):
         plot_curves(tmp_path / "missing", tmp_path / "x.png")
+
+
+def test_a_file_given_as_the_heatmap_folder_is_refused_before_any_work(tmp_path):
+    from mt.plots.attention import plot_folder
+
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ValueError, match="attention_plot=.*taken is a file: give a folder"):
+        plot_folder(tmp_path / "taken")
+    assert plot_folder(tmp_path / "new" / "plots").is_dir()

@@ -196,3 +196,10 @@ def test_full_disk_inside_torch_save_keeps_the_previous_checkpoint(
     with pytest.raises(OSError, match="could not write checkpoint .* previous file is unchanged"):
         save_checkpoint(path, {"model": {}, "config": {}})
     assert path.read_bytes() == before
+
+
+def test_a_place_that_cannot_hold_a_checkpoint_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(OSError, match=f"could not write checkpoint {blocker}/model.pt"):
+        save_checkpoint(blocker / "model.pt", {"model": {}, "config": {}})

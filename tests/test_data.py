@@ -226,3 +226,12 @@ def test_an_empty_split_names_its_files(tmp_path, gz):
     cfg = DataConfig(dir=str(tmp_path), src_lang="xx", tgt_lang="yy", cache_dir=str(tmp_path / "c"))
     with pytest.raises(ValueError, match=r"split 'val' is empty: .*val\.xx.* hold no lines"):
         load_split(cfg, "val")
+
+
+def test_a_file_given_as_the_corpus_folder_is_named(tmp_path):
+    from mt.data.corpus import ensure_split_files
+
+    (tmp_path / "corpus").write_text("")
+    cfg = DataConfig(dir=str(tmp_path / "corpus"), download_url="http://127.0.0.1:9/none")
+    with pytest.raises(ValueError, match="data.dir=.*corpus is a file: give the folder"):
+        ensure_split_files(cfg, "val")

@@ -63,6 +63,8 @@ def ensure_split_files(cfg: DataConfig, split: str) -> tuple[Path, Path]:
 
 
 def _download(url: str, directory: Path, split: str, lang: str) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"data.dir={directory} is a file: give the folder of the corpus files")
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{split}.{lang}.gz"
     tmp = target.with_suffix(".gz.part")

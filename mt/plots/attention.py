@@ -91,6 +91,18 @@ def plot(attention: CrossAttention, *, per_head: bool = True):
     return fig
 
 
+def plot_folder(path: str | Path, option: str = "attention_plot") -> Path:
+    """The folder heatmaps go to, created now so that a bad path fails before any work."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{option}={folder} is a file: give a folder for the heatmaps")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"{option}={folder}: cannot create the folder ({err.strerror})") from None
+    return folder
+
+
 def save_plot(attention: CrossAttention, path: str | Path, *, per_head: bool = True) -> Path:
     import matplotlib.pyplot as plt
 
