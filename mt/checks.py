@@ -8,7 +8,14 @@ work never gets as far as a traceback.
 import math
 from typing import Any
 
-from mt.config import DataConfig, DecodeConfig, ModelConfig, RunConfig, TrainConfig
+from mt.config import (
+    DataConfig,
+    DecodeConfig,
+    ModelConfig,
+    RunConfig,
+    TrainConfig,
+    TranslateConfig,
+)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KERNELS = ("auto", "plain")
@@ -114,6 +121,12 @@ def check_decode(dec: DecodeConfig, prefix: str = "") -> None:
         raise ValueError(f"{prefix}max_len_a={dec.max_len_a} must be 0 or more")
     _positive(prefix, dec, ["max_len_b", "batch_tokens"])
     check_precision(f"{prefix}precision", dec.precision)
+
+
+def check_translate(cfg: TranslateConfig) -> None:
+    """``scripts/translate.py``'s options: the decode settings and the lines per batch."""
+    check_decode(cfg)
+    _positive("", cfg, ["batch_size"])
 
 
 def check_kernels(value: str, option: str = "model.kernels") -> None:

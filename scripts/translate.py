@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mt.checkpoint import load_model
-from mt.checks import check_decode
+from mt.checks import check_translate
 from mt.cli import user_errors
 from mt.config import from_hydra, register_configs
 from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
@@ -42,7 +42,7 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     with user_errors():
         tcfg = from_hydra(cfg)
-        check_decode(tcfg)
+        check_translate(tcfg)
         loaded = load_model(tcfg.checkpoint, use_device(tcfg.device))
         translator = Translator(loaded.model, loaded.tokenizer, tcfg)
         on_line = attention_writer(translator, tcfg) if tcfg.attention_plot else None

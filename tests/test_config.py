@@ -213,3 +213,13 @@ def test_empty_tuning_lists_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match=r"beam_sizes=\[\] is empty"):
         tune_decoding(TuneDecodingConfig(checkpoint="unused.pt", beam_sizes=[]), tmp_path)
+
+
+def test_translate_refuses_an_empty_batch():
+    from mt.checks import check_translate
+    from mt.config import TranslateConfig
+
+    with pytest.raises(ValueError, match="batch_size=0 must be positive"):
+        check_translate(TranslateConfig(checkpoint="x.pt", batch_size=0))
+    with pytest.raises(ValueError, match="n_best=3 must be between 1 and beam_size=2"):
+        check_translate(TranslateConfig(checkpoint="x.pt", beam_size=2, n_best=3))
