@@ -43,7 +43,7 @@ class DataConfig:
     max_tokens: int = 250
     """Training pairs with more subword tokens than this on either side are dropped."""
     subword_alpha: float = 0.0
-    """Subword regularisation (mt/subword_sampling.py): 0 = off; > 0 = each epoch segments
+    """Subword regularisation (mt/data/subword_sampling.py): 0 = off; > 0 = each epoch segments
     the training split anew by sampling. Unigram: the sharpness of the sampling distribution
     (P^alpha; smaller = more, shorter pieces); BPE: the probability of dropping a merge (< 1).
     Validation, test and translation are never sampled."""
@@ -55,7 +55,7 @@ class DataConfig:
     """Arrow cache of ``datasets`` (None: the library's default, ~/.cache/huggingface)."""
     streaming: bool = False
     """Read the training split as a stream, a window at a time (corpora larger than memory;
-    see mt/streaming.py). Validation and test splits are always loaded whole."""
+    see mt/data/streaming.py). Validation and test splits are always loaded whole."""
     window_pairs: int = 200_000
     """Streaming: raw pairs per window, the unit of length bucketing and shuffling."""
     num_proc: int = 1
@@ -117,7 +117,7 @@ class TrainConfig:
     """After the warm-up: ``inverse_sqrt`` (1/sqrt(step), whatever the budget), ``linear`` or
     ``cosine`` (to zero when the budget is spent: the nearest of ``max_steps``, ``max_minutes``
     and ``max_epochs``; with ``max_minutes`` the rate follows the wall clock, so a resumed run
-    is not bit-identical to an uninterrupted one). See ``mt/optim.py``."""
+    is not bit-identical to an uninterrupted one). See ``mt/training/optim.py``."""
     adam_beta1: float = 0.9
     adam_beta2: float = 0.98
     adam_eps: float = 1e-9
@@ -272,13 +272,13 @@ class BenchmarkConfig:
     profile: bool = False
     """Also run one round of our training steps under ``torch.profiler``: ``train.profile`` in
     the JSON (the matrix products' share of the step, their FLOP/s, the utilisation they allow)
-    and the operator table in ``profile_train.txt`` (see mt/step_profile.py)."""
+    and the operator table in ``profile_train.txt`` (see mt/bench/step_profile.py)."""
     data_lines: int = 0
     """When > 0: stream a generated corpus of this many lines through the data pipeline and
     report lines/s and memory per window (``data_pipeline`` in the JSON)."""
     opennmt_python: str | None = None
     """An interpreter with OpenNMT-py 3.5 installed: train the same model with both toolkits'
-    own trainers, side by side (``opennmt`` in the JSON; see mt/opennmt_compare.py)."""
+    own trainers, side by side (``opennmt`` in the JSON; see mt/bench/opennmt_compare.py)."""
     opennmt_steps: int = 100
     """Updates per side-by-side run (speeds are logged every 20; the first interval is dropped)."""
     opennmt_rounds: int = 2
