@@ -1,6 +1,6 @@
-"""Scoring during training (mt/training/validation.py): the validation loss is the per-token NLL of the
-model's own forward pass, BLEU is scored on the raw references, and the test pass writes what
-it scored."""
+"""Scoring during training (mt/training/validation.py): the validation loss is the per-token
+NLL of the model's own forward pass, BLEU is scored on the raw references, and the test pass
+writes what it scored."""
 
 import math
 
