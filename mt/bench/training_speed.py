@@ -12,7 +12,7 @@ import math
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,14 +99,11 @@ class Run:
     """One contestant: a model, its optimizer, precision and kernels."""
 
     model: nn.Module
+    optimizer: torch.optim.Optimizer
     precision: str
     kernels: str
-    optimizer: torch.optim.Optimizer = field(init=False)
     seconds: float = 0.0
     faults: int = 0
-
-    def __post_init__(self) -> None:
-        self.optimizer = torch.optim.Adam(self.model.parameters())
 
     def time(self, batches: list[Batch], device, cfg: RunConfig) -> float:
         before = minor_page_faults()
@@ -125,16 +122,16 @@ def contestants(cfg: RunConfig, ours: Transformer, device: torch.device) -> dict
     ref = ReferenceTransformer(
         ours, n_heads=m.n_heads, d_ff=m.d_ff, dropout=m.dropout, pre_norm=m.pre_norm
     ).to(device)
-    runs = {"ours": Run(ours, precision, m.kernels), "ref": Run(ref, precision, m.kernels)}
-    for run in runs.values():
-        run.optimizer = build_optimizer(run.model, cfg.train)
-    if precision != "fp32":
-        runs["ours_fp32"] = Run(ours, "fp32", m.kernels)
-        runs["ours_fp32"].optimizer = runs["ours"].optimizer
+    optimizer = build_optimizer(ours, cfg.train)
+    runs = {
+        "ours": Run(ours, optimizer, precision, m.kernels),
+        "ref": Run(ref, build_optimizer(ref, cfg.train), precision, m.kernels),
+    }
+    if precision != "fp32":  # the same model and optimizer, in fp32
+        runs["ours_fp32"] = Run(ours, optimizer, "fp32", m.kernels)
     if m.kernels != "plain":
         plain = use_kernels(copy.deepcopy(ours), "plain")
-        runs["ours_plain"] = Run(plain, precision, "plain")
-        runs["ours_plain"].optimizer = build_optimizer(plain, cfg.train)
+        runs["ours_plain"] = Run(plain, build_optimizer(plain, cfg.train), precision, "plain")
     return runs
 
 
