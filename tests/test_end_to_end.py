@@ -135,6 +135,21 @@ def test_train_evaluate_translate(tmp_path):
     assert bad.returncode == 2 and "precision='half' must be one of" in bad.stderr
     assert "Traceback" not in bad.stderr
 
+    if Path("/dev/full").exists():  # a full disk under the output: one line, exit 2
+        with open("/dev/full", "w") as full:
+            result = subprocess.run(
+                [sys.executable, "scripts/translate.py", f"checkpoint={run_dir / 'best.pt'}"],
+                cwd=ROOT,
+                input="Ein Hund.\n" * 200,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=120,
+            )
+        assert result.returncode == 2, result.stderr
+        assert "error: cannot write the translations: No space left on device" in result.stderr
+        assert "Traceback" not in result.stderr
+
     missing = run("scripts/evaluate.py", f"checkpoint={tmp_path / 'none.pt'}", check=False)
     assert missing.returncode == 2
     assert "does not exist" in missing.stderr and "Traceback" not in missing.stderr
