@@ -63,16 +63,18 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
 
 
 def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
-    """BLEU of every (beam size, length penalty) on ``cfg.split``; the best one, and the table.
-
-    Greedy search (beam 1) ignores the length penalty, so it is run once.
-    """
+    """BLEU of every (beam size, length penalty) on ``cfg.split``; the best one, and the table."""
     for name in ("beam_sizes", "length_penalties"):
         if not getattr(cfg, name):
             raise ValueError(f"{name}=[] is empty: give at least one value, e.g. {name}=[1,5]")
-    for beam in cfg.beam_sizes:
-        for lp in cfg.length_penalties:
-            check_decode(replace(decode_settings(cfg), beam_size=beam, length_penalty=lp, n_best=1))
+    # Greedy search (beam 1) ignores the length penalty: one run of it.
+    grid = [
+        replace(decode_settings(cfg), beam_size=beam, length_penalty=lp, n_best=1)
+        for beam in cfg.beam_sizes
+        for lp in (cfg.length_penalties if beam > 1 else cfg.length_penalties[:1])
+    ]
+    for settings in grid:
+        check_decode(settings)
     loaded = load_model(cfg.checkpoint, use_device(cfg.device))
     data = apply_overrides(loaded.config.data, cfg.data)
     split = resolve_split(data, cfg.split)
@@ -80,24 +82,22 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
         log.warning("tuning on the test split: its scores are then no longer an unbiased report")
     ds = load_split(data, split)
     rows = []
-    for beam in cfg.beam_sizes:
-        for lp in cfg.length_penalties if beam > 1 else cfg.length_penalties[:1]:
-            settings = replace(decode_settings(cfg), beam_size=beam, length_penalty=lp, n_best=1)
-            translator = Translator(loaded.model, loaded.tokenizer, settings)
-            start = time.perf_counter()
-            hyps = translator.translate(ds["src"])
-            seconds = time.perf_counter() - start
-            scores = score(hyps, ds["tgt"])
-            rows.append(
-                {
-                    "beam_size": beam,
-                    "length_penalty": lp if beam > 1 else None,
-                    "bleu": scores.bleu,
-                    "chrf": scores.chrf,
-                    "seconds": round(seconds, 2),
-                }
-            )
-            log.info("beam %d, length penalty %s: BLEU %.2f", beam, lp, scores.bleu)
+    for settings in grid:
+        beam, lp = settings.beam_size, settings.length_penalty
+        start = time.perf_counter()
+        hyps = Translator(loaded.model, loaded.tokenizer, settings).translate(ds["src"])
+        seconds = time.perf_counter() - start
+        scores = score(hyps, ds["tgt"])
+        rows.append(
+            {
+                "beam_size": beam,
+                "length_penalty": lp if beam > 1 else None,
+                "bleu": scores.bleu,
+                "chrf": scores.chrf,
+                "seconds": round(seconds, 2),
+            }
+        )
+        log.info("beam %d, length penalty %s: BLEU %.2f", beam, lp, scores.bleu)
     best = max(rows, key=lambda r: (r["bleu"], -r["beam_size"]))
     result = {"checkpoint": str(cfg.checkpoint), "split": split, "best": best, "table": rows}
     out = Path(out_dir)

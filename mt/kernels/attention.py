@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mt.kernels.dropout import dropout
-from mt.model.masks import causal_mask
+from mt.model.masks import with_causal
 
 
 def fast_attention(
@@ -35,9 +35,9 @@ def fast_attention(
     attend -> output (B, H, Tq, Dh) and no weights."""
     if q.device.type == "cpu" and q.dtype == torch.bfloat16:
         return explicit_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
-    causal_only = is_causal and mask is None
+    causal_only = is_causal and mask is None  # the fused kernel's own causal path
     if is_causal and mask is not None:
-        mask = mask & causal_mask(q.size(2), q.device)
+        mask = with_causal(mask, q.size(2), q.device)
     if q.device.type == "cpu" and q.dtype == torch.float16:
         with torch.autocast("cpu", enabled=False):
             out = F.scaled_dot_product_attention(
@@ -67,8 +67,7 @@ def explicit_attention(
     """The formula in the inputs' dtype (autocast off), the softmax in float32, and the cheap
     CPU dropout mask on the weights."""
     if is_causal:
-        causal = causal_mask(q.size(2), q.device)  # (1, 1, Tq, Tq)
-        mask = causal if mask is None else mask & causal
+        mask = with_causal(mask, q.size(2), q.device)  # (B or 1, 1, Tq, Tq)
     with torch.autocast(q.device.type, enabled=False):  # products in q's dtype
         scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
         if mask is not None:

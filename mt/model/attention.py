@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mt.model.masks import causal_mask
+from mt.model.masks import with_causal
 
 # (q, k, v, *, mask, is_causal, dropout_p) -> (output, weights or None)
 AttentionFunction = Callable[..., tuple[Tensor, Tensor | None]]
@@ -46,8 +46,7 @@ def scaled_dot_product_attention(
     """
     scores = (q @ k.transpose(-2, -1)).float() / math.sqrt(q.size(-1))  # (B, H, Tq, Tk)
     if is_causal:
-        causal = causal_mask(q.size(2), q.device)  # (1, 1, Tq, Tq)
-        mask = causal if mask is None else mask & causal
+        mask = with_causal(mask, q.size(2), q.device)  # (B or 1, 1, Tq, Tq)
     if mask is not None:
         # The dtype's minimum, not -1e9: exact zeros after softmax, and no NaN in a row with
         # no key to attend to.

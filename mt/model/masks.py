@@ -21,6 +21,12 @@ def padding_mask(is_pad: Tensor) -> Tensor:
     return ~is_pad[:, None, None, :]  # (B, 1, 1, S)
 
 
+def with_causal(mask: Tensor | None, length: int, device: torch.device) -> Tensor:
+    """``mask`` (broadcastable to (B, H, T, T)) and the causal mask of ``length`` positions."""
+    causal = causal_mask(length, device)  # (1, 1, T, T)
+    return causal if mask is None else mask & causal
+
+
 def causal_mask(length: int, device: torch.device | None = None) -> Tensor:
     """(1, 1, T, T) True on and below the diagonal: position t may attend to positions <= t."""
     ones = torch.ones(length, length, dtype=torch.bool, device=device)
