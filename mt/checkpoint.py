@@ -156,11 +156,13 @@ def model_payload(model: torch.nn.Module, config: RunConfig, tokenizer: Tokenize
     }
 
 
-def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
+def average_checkpoints(paths: list[str | Path], *, other_runs: bool = False) -> dict[str, Any]:
     """A checkpoint whose weights are the mean of ``paths``' weights (Vaswani et al. 2017, 6.1).
 
-    Config and tokenizer come from the last path; all must have the same tensors and shapes.
-    Training state (optimizer, progress) is dropped: the result is for translation only.
+    Config and tokenizer come from the last path; all must have the same tensors and shapes,
+    and come from one training run (``run_id``) unless ``other_runs``: the mean of two
+    independently trained models is not a model, even with the same vocabulary. Training state
+    (optimizer, progress) is dropped: the result is for translation only.
     """
     if not paths:
         raise ValueError("no checkpoints to average")
@@ -173,12 +175,20 @@ def average_checkpoints(paths: list[str | Path]) -> dict[str, Any]:
         state = payload["model"]
         if set(state) != set(total) or any(state[k].shape != total[k].shape for k in total):
             raise ValueError(f"{path} does not have the same tensors as {paths[-1]}")
+        if not other_runs and payload.get("run_id") != reference.get("run_id"):
+            raise ValueError(
+                f"{path} and {paths[-1]} come from different training runs (run_id "
+                f"{payload.get('run_id')} vs {reference.get('run_id')}): averaging is meant for "
+                "checkpoints of one run; to average anyway, pass --other-runs"
+            )
         for k in total:
             total[k] += state[k].double()
     model = {k: (v / len(paths)).to(reference["model"][k].dtype) for k, v in total.items()}
+    run_ids = {p.get("run_id") for p in payloads}
     return {
         "model": model,
         "config": reference["config"],
         "tokenizer": reference["tokenizer"],
         "averaged_from": [str(p) for p in paths],
+        **({"run_id": reference.get("run_id")} if len(run_ids) == 1 else {}),
     }

@@ -6,6 +6,8 @@ work never gets as far as a traceback.
 """
 
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from mt.config import (
@@ -149,3 +151,22 @@ def _positive(prefix: str, obj: Any, names: list[str]) -> None:
 def _probability(name: str, value: float) -> None:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{name}={value} must be in [0, 1)")
+
+
+def check_output_folder(option: str, path: str) -> None:
+    """A folder a command will create and write into: a file in its way, or a place where
+    nothing can be written, fails before any work rather than after it."""
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(
+            f"{option}={path}: {existing} is a file, not a folder; choose another path"
+        )
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as err:
+        raise ValueError(
+            f"{option}={path}: cannot write in {existing} ({err.strerror or err}); "
+            "choose a folder you can write to"
+        ) from None

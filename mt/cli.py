@@ -4,6 +4,10 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+
+from mt.checks import check_output_folder
+from mt.config import compose_command_line
 
 log = logging.getLogger("mt")
 
@@ -31,3 +35,21 @@ def log_to_files(message: str) -> None:
         for handler in logger.handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.handle(record)
+
+
+def check_command_line(script: str, config_name: str) -> None:
+    """Before ``hydra.main`` runs: the options compose, and the run directory can be written.
+
+    Each mistake is one line and exit code 2, like every other user error (Hydra itself would
+    print its own report, or a traceback for an unwritable ``hydra.run.dir``, and exit 1).
+    """
+    with user_errors():
+        config_dir = Path(script).resolve().parent.parent / "configs"
+        hint = f"python {Path(script).name} --cfg job prints every option"
+        cfg = compose_command_line(str(config_dir), config_name, sys.argv[1:], hint)
+        if cfg is None:
+            return
+        run_dir = cfg.hydra.run.dir
+        if cfg.hydra.output_subdir is None and Path(run_dir).is_dir():
+            return  # a command that writes no files (translate)
+        check_output_folder("hydra.run.dir", run_dir)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from mt.bench.benchmark import format_table, run_benchmark
 from mt.checks import validate_run_config
-from mt.cli import user_errors
+from mt.cli import check_command_line, user_errors
 from mt.config import from_hydra, register_configs
 
 register_configs()
@@ -30,4 +30,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(__file__, "benchmark")
     main()

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mt.cli import user_errors
+from mt.cli import check_command_line, user_errors
 from mt.config import from_hydra, register_configs
 from mt.decoding.evaluation import evaluate_checkpoint
 
@@ -27,4 +27,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(__file__, "evaluate")
     main()

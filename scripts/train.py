@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from mt.checks import validate_run_config
-from mt.cli import user_errors
+from mt.cli import check_command_line, user_errors
 from mt.config import from_hydra, register_configs
 from mt.training.trainer import Trainer, TrainingInterrupted
 
@@ -57,4 +57,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(__file__, "train")
     main()

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from mt.checkpoint import load_model
 from mt.checks import check_translate
-from mt.cli import user_errors
+from mt.cli import check_command_line, user_errors
 from mt.config import from_hydra, register_configs
 from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
 from mt.decoding.translator import Translator
@@ -71,4 +71,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    check_command_line(__file__, "translate")
     main()

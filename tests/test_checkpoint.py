@@ -11,7 +11,7 @@ from mt.config import ModelConfig, RunConfig
 from mt.model.transformer import build_model
 
 
-def make_checkpoint(tmp_path, tokenizer, **model_kw):
+def make_checkpoint(tmp_path, tokenizer, run_id=None, **model_kw):
     cfg = RunConfig(
         model=ModelConfig(
             d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, **model_kw
@@ -19,7 +19,8 @@ def make_checkpoint(tmp_path, tokenizer, **model_kw):
     )
     model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, pad_id=0)
     path = tmp_path / "ckpt.pt"
-    save_checkpoint(path, model_payload(model, cfg, tokenizer))
+    extra = {"run_id": run_id} if run_id else {}
+    save_checkpoint(path, {**model_payload(model, cfg, tokenizer), **extra})
     return path, model, cfg
 
 
@@ -93,10 +94,11 @@ def test_average_checkpoints_is_the_mean(tmp_path, tokenizer):
     for i in range(3):
         sub = tmp_path / str(i)
         sub.mkdir()
-        path, _, _ = make_checkpoint(sub, tokenizer)
+        path, _, _ = make_checkpoint(sub, tokenizer, run_id="run-a")
         paths.append(path)
     states = [load_checkpoint(p)["model"] for p in paths]
     averaged = average_checkpoints(paths)
+    assert averaged["run_id"] == "run-a"
     name = "decoder_layers.0.ff.fc1.weight"
     torch.testing.assert_close(averaged["model"][name], sum(s[name] for s in states) / 3)
     out = tmp_path / "avg.pt"
@@ -104,6 +106,28 @@ def test_average_checkpoints_is_the_mean(tmp_path, tokenizer):
     assert load_model(out).config.model.d_model == 16
     with pytest.raises(ValueError, match="no checkpoints"):
         average_checkpoints([])
+
+
+def test_averaging_checkpoints_of_different_runs_is_refused_unless_asked(tmp_path, tokenizer):
+    """Same vocabulary, same shapes, other runs: the mean of two models is not a model."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, _, _ = make_checkpoint(tmp_path / "a", tokenizer, run_id="run-a")
+    b, _, _ = make_checkpoint(tmp_path / "b", tokenizer, run_id="run-b")
+    script = [sys.executable, "scripts/average_checkpoints.py"]
+    out = tmp_path / "avg.pt"
+    refused = subprocess.run([*script, out, a, b], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and not out.exists()
+    assert refused.stderr.startswith(f"error: {a} and {b} come from different training runs")
+    assert "--other-runs" in refused.stderr
+    forced = subprocess.run(
+        [*script, "--other-runs", out, a, b], capture_output=True, text=True, timeout=120
+    )
+    assert forced.returncode == 0, forced.stderr
+    assert "run_id" not in load_checkpoint(out)
 
 
 def test_last_pt_is_written_after_the_files_of_its_step(tmp_path, monkeypatch):

@@ -223,3 +223,66 @@ def test_translate_refuses_an_empty_batch():
         check_translate(TranslateConfig(checkpoint="x.pt", batch_size=0))
     with pytest.raises(ValueError, match="n_best=3 must be between 1 and beam_size=2"):
         check_translate(TranslateConfig(checkpoint="x.pt", beam_size=2, n_best=3))
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("train.py", ["train.max_steps=abc"], "option train.max_steps: Value 'abc'"),
+        ("train.py", ["train.max_step=5"], "unknown option train.max_step"),
+        ("train.py", ["+train.max_step=5"], "options cannot be added with '+'"),
+        (
+            "train.py",
+            ["model=nosuch"],
+            "Could not find 'model/nosuch'; the choices in 'model': base",
+        ),
+        ("train.py", ["data.src_lang"], "cannot read the option 'data.src_lang'"),
+        ("evaluate.py", ["checkpoint=x.pt", "beam_size=[1]"], "option beam_size"),
+        ("tune_decoding.py", ["checkpoint=x.pt", "beam_sizes=3"], "option beam_sizes"),
+        ("translate.py", ["checkpoint=x.pt", "n_best=two"], "option n_best"),
+        ("benchmark.py", ["bench.nothing=1"], "unknown option bench.nothing"),
+    ],
+)
+def test_options_that_do_not_compose_are_one_line_and_exit_2(tmp_path, script, args, message):
+    """Hydra's own report (exit 1, several lines) never reaches the user."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, f"scripts/{script}", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=CONFIGS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+    assert f"python {script} --cfg job" in lines[0]
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("where", ["a_file", "a_file/below", "read_only/run"])
+def test_a_run_directory_that_cannot_be_written_is_refused_before_any_work(tmp_path, where):
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "a_file").write_text("not a folder\n")
+    (tmp_path / "read_only").mkdir()
+    os.chmod(tmp_path / "read_only", 0o555)
+    if where.startswith("read_only") and os.access(tmp_path / "read_only", os.W_OK):
+        # root ignores permission bits: make the place unwritable another way
+        where = "/proc/mt_run"
+    run_dir = where if where.startswith("/") else tmp_path / where
+    result = subprocess.run(
+        [sys.executable, "scripts/train.py", f"hydra.run.dir={run_dir}"],
+        cwd=CONFIGS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: hydra.run.dir={run_dir}: "), lines
+    assert "is a file, not a folder" in lines[0] or "cannot write in" in lines[0]

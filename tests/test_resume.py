@@ -107,6 +107,9 @@ def test_killed_and_resumed_run_matches_uninterrupted_run(tmp_path):
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["progress"]["best_step"] == b["progress"]["best_step"]
+    # One run, resumed four times: its checkpoints all carry one run id (averaging checks it).
+    run_ids = {load_checkpoint(p)["run_id"] for p in resumed.glob("step_*.pt")}
+    assert run_ids == {b["run_id"]} and b["run_id"] != a["run_id"]
     assert [h["step"] for h in b["progress"]["history"]] == [10, 20, 30, 40]
     # train.keep_last=2, but the default train.average_last=5 keeps five for the average.
     kept = sorted((p.name for p in resumed.glob("step_*.pt")), key=lambda n: int(n[5:-3]))

@@ -125,6 +125,7 @@ def training_payload(
     """A training checkpoint: the model part (mt/checkpoint.py) and all it takes to resume."""
     return {
         **model_part,
+        "run_id": progress.run_id,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,

@@ -6,6 +6,7 @@ import math
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ class Progress:
     tgt_tokens: int = 0
     nonfinite_updates: int = 0  # skipped updates, in total
     history: list[dict] = field(default_factory=list)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """Names the run in its checkpoints, so that tools combining checkpoints can tell runs apart."""
 
 
 @dataclass
