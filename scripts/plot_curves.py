@@ -18,7 +18,7 @@ def main(argv: list[str]) -> int:
     out = Path(argv[1]) if len(argv) == 2 else run_dir / "curves.png"
     try:
         path = plot_curves(run_dir / "tensorboard", out, title=run_dir.resolve().name)
-    except (FileNotFoundError, ValueError) as err:
+    except (ValueError, OSError) as err:  # a missing run folder, an unwritable OUT.png
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(path)

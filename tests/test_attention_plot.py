@@ -62,6 +62,9 @@ def test_training_curves_png_from_tensorboard(tmp_path):
     logger.close()
     assert read_scalars(tmp_path / "tb")["val/bleu"] == [(10, 5.0), (20, 10.0), (30, 15.0)]
     path = plot_curves(tmp_path / "tb", tmp_path / "curves.png")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OSError, match="cannot write the plot .*a_file/x.png: a file is in the way"):
+        plot_curves(tmp_path / "tb", tmp_path / "a_file" / "x.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError):
         plot_curves(tmp_path / "missing", tmp_path / "x.png")
