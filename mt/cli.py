@@ -5,9 +5,9 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from mt.checks import check_output_folder
-from mt.config import compose_command_line
 
 log = logging.getLogger("mt")
 
@@ -53,3 +53,71 @@ def check_command_line(script: str, config_name: str) -> None:
         if cfg.hydra.output_subdir is None and Path(run_dir).is_dir():
             return  # a command that writes no files (translate)
         check_output_folder("hydra.run.dir", run_dir)
+
+
+def compose_command_line(config_dir: str, config_name: str, args: list[str], hint: str) -> Any:
+    """Compose ``config_name`` with the command line's overrides the way ``hydra.main`` will,
+    so that a misspelt option, a value of the wrong type or an unknown choice is one
+    ``ValueError`` naming it (Hydra itself reports those with exit code 1 and its own layout).
+
+    Returns the composed config, Hydra's own node included; None for Hydra's flags (``--help``,
+    ``--cfg``, ``-m``), which are left to Hydra.
+    """
+    if any(arg.startswith("-") for arg in args):
+        return None
+    added = [a for a in args if a.startswith("+") and not a.lstrip("+").startswith("hydra")]
+    if added:
+        raise ValueError(
+            f"{added[0]}: options cannot be added with '+', every option already exists; "
+            f"drop the '+' or check the spelling ({hint})"
+        )
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            return compose(config_name, overrides=args, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ValueError(f"{_one_line(err, args)} ({hint})") from None
+
+
+def _one_line(err: BaseException, args: list[str]) -> str:
+    """Hydra's multi-line composition report as one line: which option failed and why."""
+    from hydra.errors import OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+
+    cause = err.__cause__
+    key = getattr(cause, "full_key", None)
+    reason = str(cause).splitlines()[0].strip() if cause is not None else ""
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and key:
+        return f"unknown option {key}: {reason}; check its spelling"
+    if isinstance(cause, ValidationError) and key:
+        return f"option {key}: {reason}"
+    lines = [
+        line.strip()
+        for line in str(err).splitlines()
+        if line.strip() and not line.startswith(("Config search path", "\t", "See https://"))
+    ]
+    choices = [line.strip() for line in str(err).splitlines() if line.startswith("\t")]
+    choices = [c for c in choices if not c.startswith("provider=")]
+    text = " ".join(lines).replace(" Available options", "; the choices") + (
+        f" {', '.join(choices)}" if choices else ""
+    )
+    if isinstance(err, OverrideParseException):
+        text = f"cannot read the option {_unreadable(args)!r}: {text}; write options as key=value"
+    return text
+
+
+def _unreadable(args: list[str]) -> str:
+    """The first command-line argument Hydra's override grammar cannot parse."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
+    for arg in args:
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException:
+            return arg
+    return " ".join(args)
