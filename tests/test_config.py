@@ -133,6 +133,16 @@ def test_impossible_values_are_rejected_with_the_option_name(override, message):
         validate_run_config(cfg)
 
 
+@pytest.mark.parametrize(
+    "recipe,model,src,tgt",
+    [
+        ("wmt14_en_de_base", "base", "en", "de"),
+        ("wmt14_en_de_big", "big", "en", "de"),
+        ("iwslt14_de_en", "small", "de", "en"),
+        ("multi30k_de_en", "tiny", "de", "en"),
+        ("multi30k_en_de", "tiny", "en", "de"),
+    ],
+)
 def test_recipes_compose_and_validate(recipe, model, src, tgt):
     cfg = compose_run(f"experiment={recipe}")
     validate_run_config(cfg)
