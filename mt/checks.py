@@ -122,6 +122,8 @@ def check_decode(dec: DecodeConfig, prefix: str = "") -> None:
     if not (math.isfinite(dec.max_len_a) and dec.max_len_a >= 0):
         raise ValueError(f"{prefix}max_len_a={dec.max_len_a} must be 0 or more")
     _positive(prefix, dec, ["max_len_b", "batch_tokens"])
+    if dec.threads is not None and dec.threads < 1:
+        raise ValueError(f"{prefix}threads={dec.threads} must be at least 1 (or null: all cores)")
     check_precision(f"{prefix}precision", dec.precision)
 
 

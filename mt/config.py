@@ -182,7 +182,9 @@ class DecodeConfig:
     """``fp32``, ``bf16``, ``fp16`` or ``auto`` (as ``train.precision``: bf16 where it is fast).
     bf16 decodes faster on CPUs with bf16 units but may change some outputs (benchmarks/README.md
     has the speed and BLEU); fp32, the default, translates a checkpoint the same on every
-    machine."""
+    machine. An exported model (scripts/export.py) computes in the type it was exported in."""
+    threads: int | None = None
+    """CPU threads for translating in evaluate / translate / tune_decoding (None: one per core)."""
 
 
 @dataclass
@@ -249,6 +251,19 @@ class TranslateConfig(DecodeConfig):
     attention_layer: int = -1
     """Decoder layer whose cross-attention is plotted (negative counts from the last)."""
     device: str = "auto"
+
+
+@dataclass
+class ExportConfig:
+    """``scripts/export.py``: a checkpoint -> a CTranslate2 model folder (mt/export/)."""
+
+    checkpoint: str = "???"
+    output: str = "???"
+    """A new or empty folder (or an earlier export, which is replaced once the new one is
+    complete)."""
+    quantization: str = "int8"
+    """``int8``, ``int8_float32``, ``int8_bfloat16``, ``int8_float16``, ``bfloat16``,
+    ``float16`` or ``float32``: the type the weights are stored and computed in."""
 
 
 def decode_settings(cfg: DecodeConfig) -> DecodeConfig:
@@ -338,3 +353,4 @@ def register_configs() -> None:
     cs.store(name="translate_schema", node=TranslateConfig)
     cs.store(name="tune_decoding_schema", node=TuneDecodingConfig)
     cs.store(name="benchmark_schema", node=BenchmarkRunConfig)
+    cs.store(name="export_schema", node=ExportConfig)

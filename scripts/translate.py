@@ -1,5 +1,7 @@
 """Translate text: ``python scripts/translate.py checkpoint=PATH [beam_size=5] [n_best=1]``.
 
+PATH is a ``.pt`` checkpoint or a folder written by ``scripts/export.py`` (CTranslate2).
+
 At a terminal it prompts for sentences; in a pipe it reads stdin and writes one translation
 per input line to stdout (``cat in.txt | python scripts/translate.py checkpoint=... > out``).
 """
@@ -11,20 +13,24 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from mt.checkpoint import load_model
 from mt.checks import check_translate
 from mt.cli import check_command_line, user_errors
-from mt.config import from_hydra, register_configs
+from mt.config import decode_settings, from_hydra, register_configs
 from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
+from mt.decoding.loading import load_translator
 from mt.decoding.translator import Translator
 from mt.plots.attention import cross_attention, plot_folder, resolve_layer, save_plot
-from mt.runtime import use_device
 
 register_configs()
 
 
 def attention_writer(translator: Translator, tcfg):
     """A per-line hook that writes the line's cross-attention heatmap as a PNG."""
+    if translator.model is None:
+        raise ValueError(
+            f"attention_plot needs a .pt checkpoint: {tcfg.checkpoint} is an exported model, "
+            "whose engine does not return attention weights"
+        )
     folder = plot_folder(tcfg.attention_plot)
     resolve_layer(translator.model, tcfg.attention_layer)  # fail now, not after the first line
 
@@ -43,8 +49,7 @@ def main(cfg: DictConfig) -> None:
     with user_errors():
         tcfg = from_hydra(cfg)
         check_translate(tcfg)
-        loaded = load_model(tcfg.checkpoint, use_device(tcfg.device))
-        translator = Translator(loaded.model, loaded.tokenizer, tcfg)
+        translator, _ = load_translator(tcfg.checkpoint, decode_settings(tcfg), tcfg.device)
         on_line = attention_writer(translator, tcfg) if tcfg.attention_plot else None
     try:
         if sys.stdin.isatty():

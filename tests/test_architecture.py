@@ -24,6 +24,7 @@ WINGS = [
     "mt.kernels",  # the fast paths, each a drop-in for a plain function of mt.model
     "mt.data",
     "mt.checkpoint",
+    "mt.export",  # checkpoint -> CTranslate2 directory, and loading one: nothing of search
     "mt.decoding",  # search, translator, evaluation: nothing of training
     "mt.plots",
     "mt.training",

@@ -6,13 +6,11 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from mt.checkpoint import load_model
 from mt.checks import check_decode
 from mt.config import DataConfig, EvaluateConfig, TuneDecodingConfig, decode_settings
 from mt.data.corpus import load_split
-from mt.decoding.translator import Translator
+from mt.decoding.loading import load_translator
 from mt.metrics import score
-from mt.runtime import use_device
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +29,10 @@ def apply_overrides(data: DataConfig, overrides: object) -> DataConfig:
 def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     """Translate ``cfg.split`` with the checkpoint and score it; write hypotheses and scores."""
     check_decode(cfg)
-    loaded = load_model(cfg.checkpoint, use_device(cfg.device))
-    data = apply_overrides(loaded.config.data, cfg.data)
+    translator, trained = load_translator(cfg.checkpoint, decode_settings(cfg), cfg.device)
+    data = apply_overrides(trained.data, cfg.data)
     split = resolve_split(data, cfg.split)
     ds = load_split(data, split)
-    translator = Translator(loaded.model, loaded.tokenizer, cfg)
     start = time.perf_counter()
     hyps = translator.translate(ds["src"])
     seconds = time.perf_counter() - start
@@ -54,6 +51,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
         "beam_size": cfg.beam_size,
         "length_penalty": cfg.length_penalty,
         "precision": cfg.precision,
+        "engine": translator.engine,
         **scores.as_dict(),
         "translations": str(hyp_path),
         "decode_seconds": round(seconds, 2),
@@ -75,8 +73,8 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
     ]
     for settings in grid:
         check_decode(settings)
-    loaded = load_model(cfg.checkpoint, use_device(cfg.device))
-    data = apply_overrides(loaded.config.data, cfg.data)
+    translator, trained = load_translator(cfg.checkpoint, decode_settings(cfg), cfg.device)
+    data = apply_overrides(trained.data, cfg.data)
     split = resolve_split(data, cfg.split)
     if split == data.test_split:
         log.warning("tuning on the test split: its scores are then no longer an unbiased report")
@@ -85,7 +83,7 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
     for settings in grid:
         beam, lp = settings.beam_size, settings.length_penalty
         start = time.perf_counter()
-        hyps = Translator(loaded.model, loaded.tokenizer, settings).translate(ds["src"])
+        hyps = translator.with_settings(settings).translate(ds["src"])
         seconds = time.perf_counter() - start
         scores = score(hyps, ds["tgt"])
         rows.append(

@@ -5,7 +5,10 @@ Inputs are sorted by length and cut into token-budget batches (little padding), 
 put back in input order. Empty inputs give empty outputs without touching the model.
 """
 
+import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,21 +34,43 @@ class Translation:
 
 class Translator:
     """A model, its tokenizer and the decode settings (:class:`mt.config.DecodeConfig`, taken
-    whole: beam size, length penalty, length limits, n-best, batch size, precision)."""
+    whole: beam size, length penalty, length limits, n-best, batch size, precision).
+
+    Input cleaning, cutting, batching and empty lines are handled here for every engine; an
+    engine supplies :meth:`_search` (mt/decoding/ctranslate2.py is the other one)."""
 
     def __init__(
         self, model: Transformer, tokenizer: Tokenizer, settings: DecodeConfig | None = None
     ) -> None:
-        self.model, self.tokenizer = model, tokenizer
+        self.model = model
+        self._configure(tokenizer, settings, model.max_positions)
+
+    def _configure(
+        self, tokenizer: Tokenizer, settings: DecodeConfig | None, max_positions: int
+    ) -> None:
+        self.tokenizer = tokenizer
         self.settings = decode_settings(settings) if settings is not None else DecodeConfig()
         check_decode(self.settings)
         self.ids = SpecialIds(pad=tokenizer.pad_id, bos=tokenizer.bos_id, eos=tokenizer.eos_id)
+        self.max_positions = max_positions
         # Source ids + EOS must fit the positional table.
-        self.max_src_tokens = model.max_positions - 1
+        self.max_src_tokens = max_positions - 1
+
+    def with_settings(self, settings: DecodeConfig) -> "Translator":
+        """The same model and engine with other decode settings (nothing is loaded again)."""
+        other = copy.copy(self)
+        other.settings = decode_settings(settings)
+        check_decode(other.settings)
+        return other
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def engine(self) -> str:
+        """What searches, for reports: ``mt`` or ``ctranslate2 (QUANTIZATION)``."""
+        return "mt"
 
     @property
     def beam_size(self) -> int:
@@ -66,15 +91,22 @@ class Translator:
         encoded = self.encode(lines)
         results: list[list[Translation]] = [[Translation("", None)] for _ in lines]
         todo = [i for i, ids in enumerate(encoded) if ids]
-        was_training = self.model.training
-        self.model.eval()
-        try:
+        with self._inference():
             for batch in self._batches(todo, encoded):
                 for i, nbest in zip(batch, self._search([encoded[i] for i in batch], n_best)):
                     results[i] = nbest
+        return results
+
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        """The model in eval mode while translating, as it was afterwards (training's
+        validation translates mid-run)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
         finally:
             self.model.train(was_training)
-        return results
 
     def encode(self, lines: list[str]) -> list[list[int]]:
         """Subword ids of each line as the model sees it: cleaned, cut to the maximum length."""

@@ -1,0 +1,93 @@
+"""The Translator on a CTranslate2 export: the same cleaning, cutting, empty lines and settings
+as mt's own search (mt/decoding/translator.py), with CTranslate2 doing the search.
+
+What the two engines would otherwise do differently is set here:
+
+- length: ``mt`` caps each sentence at ``max_len_a * source_length + max_len_b`` tokens, EOS
+  included; CTranslate2 takes one cap per call, EOS excluded. A call gets the batch's largest
+  cap; the few sentences whose output passes their own cap are searched again with it. (At its
+  cap, mt's beam search forces EOS and scores it; CTranslate2 ends the hypothesis unscored, so
+  outputs that reach the cap may differ.)
+- the length penalty: both divide the log-probability, EOS included, by length ** penalty;
+- PAD and BOS are never generated (``suppress_sequences``), as in mt's search; CTranslate2
+  masks them before its softmax, mt after, so its scores are higher by the (in a trained model
+  negligible) probability PAD and BOS had;
+- the source is not truncated by CTranslate2 (``max_input_length=0``): lines are cut here.
+"""
+
+from contextlib import nullcontext
+
+import torch
+
+from mt.config import DecodeConfig
+from mt.decoding.search import max_output_lengths
+from mt.decoding.translator import Translation, Translator
+from mt.export.exported import ExportedModel
+
+
+class CTranslate2Translator(Translator):
+    """Translate with an exported model (:func:`mt.export.exported.load_exported`)."""
+
+    def __init__(self, exported: ExportedModel, settings: DecodeConfig | None = None) -> None:
+        self.model = None  # no PyTorch model: nothing for attention plots to hook
+        self.exported = exported
+        self._configure(exported.tokenizer, settings, exported.max_positions)
+        pieces = [self.tokenizer.id_to_piece(i) for i in range(self.tokenizer.vocab_size)]
+        self.pieces = pieces
+        self.suppressed = [[pieces[self.ids.pad]], [pieces[self.ids.bos]]]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    @property
+    def engine(self) -> str:
+        return f"ctranslate2 ({self.exported.metadata['quantization']})"
+
+    def _inference(self):
+        return nullcontext()
+
+    def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
+        """One call for everything: CTranslate2 sorts and batches by tokens itself."""
+        return [todo] if todo else []
+
+    def _search(self, sources: list[list[int]], n_best: int) -> list[list[Translation]]:
+        src = [[self.pieces[i] for i in ids] + [self.pieces[self.ids.eos]] for ids in sources]
+        caps = self._caps(sources)  # EOS included, as mt counts
+        results = self._call(src, n_best, max(caps) - 1)
+        over = [i for i, r in enumerate(results) if any(len(h) > caps[i] - 1 for h in r[0])]
+        for cap in sorted({caps[i] for i in over}):
+            again = [i for i in over if caps[i] == cap]
+            for i, redone in zip(again, self._call([src[i] for i in again], n_best, cap - 1)):
+                results[i] = redone
+        return [self._translations(hyps, scores) for hyps, scores in results]
+
+    def _caps(self, sources: list[list[int]]) -> list[int]:
+        lengths = torch.tensor([len(ids) + 1 for ids in sources])[:, None]  # with EOS
+        dec = self.settings
+        mask = torch.arange(int(lengths.max()))[None, :] < lengths  # (B, S) non-pad
+        caps = max_output_lengths(
+            mask.long(), 0, dec.max_len_a, dec.max_len_b, self.max_positions - 1
+        )
+        return caps.tolist()
+
+    def _call(self, src: list[list[str]], n_best: int, max_length: int) -> list[tuple]:
+        dec = self.settings
+        results = self.exported.engine.translate_batch(
+            src,
+            beam_size=dec.beam_size,
+            num_hypotheses=n_best,
+            length_penalty=dec.length_penalty,
+            max_decoding_length=max_length,
+            max_input_length=0,
+            max_batch_size=dec.batch_tokens,
+            batch_type="tokens",
+            suppress_sequences=self.suppressed,
+            return_scores=True,
+        )
+        return [(r.hypotheses, r.scores) for r in results]
+
+    def _translations(self, hyps: list[list[str]], scores: list[float]) -> list[Translation]:
+        texts = [self.tokenizer.sp.decode_pieces(h) for h in hyps]
+        beam = self.settings.beam_size > 1  # mt reports scores for beam search only
+        return [Translation(t, float(s) if beam else None) for t, s in zip(texts, scores)]
