@@ -297,6 +297,8 @@ class BenchmarkConfig:
     opennmt_steps: int = 100
     """Updates per side-by-side run (speeds are logged every 20; the first interval is dropped)."""
     opennmt_rounds: int = 2
+    decode_rounds: int = 2
+    """Rounds over the decoding contestants (mt/bench/decoding_speed.py); the fastest counts."""
 
 
 @dataclass

@@ -44,6 +44,7 @@ def test_benchmark_writes_json(tmp_path):
             "bench.train_steps=1",
             "bench.rounds=2",
             "bench.probe_size=64",
+            "bench.decode_rounds=1",
             "bench.data_lines=2000",
             "bench.profile=true",
             "data.window_pairs=500",
@@ -87,16 +88,21 @@ def test_benchmark_writes_json(tmp_path):
         assert "aten::mm" in (out / table).read_text()
     assert train["minor_page_faults_per_step"] >= 0
     assert train["reference_minor_page_faults_per_step"] >= 0
-    for mode in ("greedy", "beam5"):
-        assert set(data["decode"][mode]) >= {
-            "sentences_per_s",
-            "words_per_s",
-            "tokens_per_s",
-            "bleu",
-            "peak_memory_mb",
-            "precision",
-        }
-        assert data["decode"][mode]["precision"] == "bf16"
+    decode = data["decode"]
+    assert {"mt_bf16", "ctranslate2_float32", "ctranslate2_int8", "summary"} <= set(decode)
+    for name in ("mt_bf16", "ctranslate2_float32", "ctranslate2_int8"):
+        assert decode[name]["model_mb"] > 0 and decode[name]["peak_memory_mb"] > 0
+        for mode in ("greedy", "beam5"):
+            assert set(decode[name][mode]) >= {
+                "sentences_per_s",
+                "words_per_s",
+                "bleu",
+                "val_bleu",
+                "seconds",
+            }
+    assert decode["mt_bf16"]["precision"] == "bf16"
+    assert decode["ctranslate2_int8"]["engine"] == "ctranslate2 (int8)"
+    assert decode["summary"]["ctranslate2_choice"] is None or decode["summary"]["beam5_speedup"] > 0
     assert data["precision"] == "bf16"
     assert data["model"]["d_model"] == 16  # the checkpoint's architecture was measured
     assert "train.tgt_tokens_per_s" in result.stdout

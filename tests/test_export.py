@@ -22,6 +22,7 @@ from tests.conftest import write_corpus
 
 pytest.importorskip("ctranslate2")
 ROOT = Path(__file__).resolve().parents[1]
+STEPS = 300  # the model is right on most lines, not all: BLEU differences can show
 
 
 def reversal(n: int, rng: random.Random) -> tuple[list[str], list[str]]:
@@ -35,7 +36,7 @@ def trained(request, tmp_path_factory):
     right, so BLEU differences between the engines can show."""
     tmp = tmp_path_factory.mktemp("export")
     rng = random.Random(0)
-    for split, n in (("train", 6000), ("val", 100), ("test", 200)):
+    for split, n in (("train", 6000), ("val", 100), ("test", 500)):
         src, tgt = reversal(n, rng)
         write_corpus(tmp / "corpus", split, {"src": src, "tgt": tgt})
     cfg = RunConfig(
@@ -57,13 +58,13 @@ def trained(request, tmp_path_factory):
             pre_norm=request.param,
         ),
         train=TrainConfig(
-            max_steps=160,
+            max_steps=STEPS,
             max_minutes=None,
             max_epochs=None,
             batch_tokens=1024,
             lr=2e-3,
             warmup_steps=60,
-            val_every_steps=160,
+            val_every_steps=STEPS,
             val_bleu=False,
             progress_bar=False,
             precision="fp32",
@@ -124,12 +125,12 @@ def test_float32_beam_matches_in_bleu_scores_and_n_best(trained):
     same = [i for i in range(len(test)) if a[i][0].text == b[i][0].text]
     assert len(same) >= 0.95 * len(test)
     tok = ours.tokenizer
-    for i in same:  # one length penalty definition: the scores agree, but CTranslate2 leaves
-        assert len(b[i]) == 3  # PAD and BOS out of its softmax: never lower, a little higher
+    for i in same:  # one length penalty definition, PAD and BOS out of both softmaxes
+        assert len(b[i]) == 3
         cap = int((len(tok.encode([test[i]])[0]) + 1) * 1.5 + 10)
         if len(tok.encode([a[i][0].text])[0]) >= cap - 2:
             continue  # at the cap mt scores a forced EOS, CTranslate2 does not (documented)
-        assert -1e-4 <= b[i][0].score - a[i][0].score <= 0.02 * abs(a[i][0].score) + 1e-4
+        assert b[i][0].score == pytest.approx(a[i][0].score, abs=5e-4)  # float rounding
 
 
 def test_int8_is_within_half_a_bleu_point_of_float32(trained):
@@ -175,7 +176,7 @@ def test_the_export_folder_is_self_contained(trained, tmp_path):
         (moved / f.name).write_bytes(f.read_bytes())
     meta = json.loads((moved / "mt_export.json").read_text())
     assert (meta["src_lang"], meta["tgt_lang"], meta["quantization"]) == ("src", "tgt", "float32")
-    assert meta["validation"]["step"] == meta["step"] == 160
+    assert meta["validation"]["step"] == meta["step"] == STEPS
     assert meta["parameters"] == sum(t.numel() for t in load_model(checkpoint).model.parameters())
     translator, config = load_translator(moved, DecodeConfig(beam_size=1))
     assert config.model.d_model == 64

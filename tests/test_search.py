@@ -124,9 +124,10 @@ def test_beam_search_scores_are_the_model_log_probs():
         tgt_in = torch.tensor([[IDS.bos] + tokens])
         tgt_out = torch.tensor([tokens + [IDS.eos]])
         with torch.no_grad():
-            log_probs = model(src[i : i + 1], tgt_in).log_softmax(-1)
-        # The search never emits pad/bos, so renormalise without them as it does.
-        log_probs[..., [IDS.pad, IDS.bos]] = -math.inf
+            logits = model(src[i : i + 1], tgt_in)
+        # The search never emits pad/bos: they leave the distribution before it is normalised.
+        logits[..., [IDS.pad, IDS.bos]] = -math.inf
+        log_probs = logits.log_softmax(-1)
         total = log_probs.gather(-1, tgt_out[..., None]).sum()
         at_limit = len(tokens) + 1 >= 5 * 1.5 + 6
         if not at_limit:

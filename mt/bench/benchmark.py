@@ -2,61 +2,24 @@
 
 Training: mt/bench/training_speed.py.
 
-Decoding (with a trained checkpoint only: an untrained model rarely emits EOS, so its speed says
-nothing): sentences/s, output words/s, target tokens/s and BLEU, greedy and beam 5.
+Decoding: mt/bench/decoding_speed.py (mt's search and its CTranslate2 exports).
 
 """
 
 import json
 import sys
-import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from mt.bench.data_pipeline import benchmark_data_pipeline
-from mt.bench.training_speed import benchmark_training, peak_memory_mb
-from mt.checkpoint import LoadedModel, load_model
-from mt.config import BenchmarkRunConfig, RunConfig
-from mt.data.corpus import load_split
+from mt.bench.decoding_speed import benchmark_decoding
+from mt.bench.training_speed import benchmark_training
+from mt.checkpoint import load_model
+from mt.config import BenchmarkRunConfig
 from mt.data.prepare import prepare_data
-from mt.decoding.translator import Translator
-from mt.metrics import score
 from mt.runtime import resolve_precision, set_seed, use_device
-
-
-def benchmark_decoding(loaded: LoadedModel, cfg: RunConfig, device: torch.device) -> dict:
-    """Greedy and beam 5 over the test split in ``decode.precision`` (``greedy``, ``beam5``),
-    and again in the precision ``auto`` picks here when that differs (``greedy_bf16``, ...):
-    the speed a lower precision buys, beside the BLEU it gives."""
-    ds = load_split(cfg.data, cfg.data.test_split)
-    sources, references = ds["src"], ds["tgt"]
-    model = loaded.model.to(device)
-    chosen = resolve_precision(cfg.decode.precision, device)
-    runs = [("", chosen)]
-    if (fast := resolve_precision("auto", device)) != chosen:
-        runs.append((f"_{fast}", fast))
-    results = {}
-    for suffix, precision in runs:
-        for name, beam in (("greedy", 1), ("beam5", 5)):
-            settings = replace(cfg.decode, beam_size=beam, n_best=1, precision=precision)
-            translator = Translator(model, loaded.tokenizer, settings)
-            translator.translate(sources[:50])  # warm-up
-            start = time.perf_counter()
-            hyps = translator.translate(sources)
-            seconds = time.perf_counter() - start
-            n_tokens = sum(len(ids) + 1 for ids in loaded.tokenizer.encode(hyps))
-            results[name + suffix] = {
-                "precision": precision,
-                "sentences_per_s": round(len(hyps) / seconds, 1),
-                "words_per_s": round(sum(len(h.split()) for h in hyps) / seconds, 1),
-                "tokens_per_s": round(n_tokens / seconds, 1),
-                "bleu": score(hyps, references).bleu,
-                "seconds": round(seconds, 2),
-                "peak_memory_mb": round(peak_memory_mb(device), 1),
-            }
-    return results
 
 
 def machine_description(device: torch.device) -> str:
@@ -113,7 +76,7 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
             device=str(device),
         )
     if loaded:
-        result["decode"] = benchmark_decoding(loaded, cfg, device)
+        result["decode"] = benchmark_decoding(cfg, device)
     else:
         result["decode"] = "skipped: give checkpoint=PATH (a trained model) to measure decoding"
     (out / "benchmark.json").write_text(json.dumps(result, indent=2))
@@ -137,8 +100,7 @@ def format_table(result: dict) -> str:
     for section in ("data_pipeline", "train", "opennmt"):
         rows += flatten(result.get(section, {}), prefix=section)
     if isinstance(result["decode"], dict):
-        for name, values in result["decode"].items():
-            rows += [(f"decode.{name}.{k}", v) for k, v in values.items()]
+        rows += flatten(result["decode"], prefix="decode")
     else:
         rows.append(("decode", result["decode"]))
     width = max(len(k) for k, _ in rows)

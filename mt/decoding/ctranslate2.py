@@ -9,9 +9,8 @@ What the two engines would otherwise do differently is set here:
   cap, mt's beam search forces EOS and scores it; CTranslate2 ends the hypothesis unscored, so
   outputs that reach the cap may differ.)
 - the length penalty: both divide the log-probability, EOS included, by length ** penalty;
-- PAD and BOS are never generated (``suppress_sequences``), as in mt's search; CTranslate2
-  masks them before its softmax, mt after, so its scores are higher by the (in a trained model
-  negligible) probability PAD and BOS had;
+- PAD and BOS are never generated (``suppress_sequences``): both engines take them out of
+  the distribution before normalising it;
 - the source is not truncated by CTranslate2 (``max_input_length=0``): lines are cut here.
 """
 
@@ -23,6 +22,12 @@ from mt.config import DecodeConfig
 from mt.decoding.search import max_output_lengths
 from mt.decoding.translator import Translation, Translator
 from mt.export.exported import ExportedModel
+
+# CTranslate2 splits a call into batches of at most this many source tokens (or
+# ``batch_tokens`` if smaller) and runs them side by side, one per thread: small batches keep
+# every thread busy and waste little on finished sentences (chosen on validation data,
+# benchmarks/README.md).
+SUB_BATCH_TOKENS = 512
 
 
 class CTranslate2Translator(Translator):
@@ -80,7 +85,7 @@ class CTranslate2Translator(Translator):
             length_penalty=dec.length_penalty,
             max_decoding_length=max_length,
             max_input_length=0,
-            max_batch_size=dec.batch_tokens,
+            max_batch_size=min(dec.batch_tokens, SUB_BATCH_TOKENS),
             batch_type="tokens",
             suppress_sequences=self.suppressed,
             return_scores=True,

@@ -249,9 +249,12 @@ def beam_search(
     state = _start(model, src, ids, repeat=k)
     beams = Beams.start(src.size(0), k, longest, ids, device)
     for step in range(1, longest + 1):
-        log_probs = model.decode_step(beams.prefixes[:, -1], state).float().log_softmax(-1)
-        log_probs[:, ids.pad] = -torch.inf  # (b*K, V)
-        log_probs[:, ids.bos] = -torch.inf
+        logits = model.decode_step(beams.prefixes[:, -1], state).float()  # (b*K, V)
+        # PAD and BOS can never be output: they leave the distribution before it is normalised,
+        # so scores are log-probabilities over the tokens a translation can hold.
+        logits[:, ids.pad] = -torch.inf
+        logits[:, ids.bos] = -torch.inf
+        log_probs = logits.log_softmax(-1)
         at_limit = (max_lens[beams.active] <= step).repeat_interleave(k)  # (b*K,)
         if every > 1 or bool(at_limit.any()):
             force_eos_at_limit(log_probs, at_limit, ids.eos)

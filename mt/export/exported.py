@@ -31,8 +31,11 @@ def is_exported(path: str | Path) -> bool:
 
 
 def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
-    """The model of an export directory on the CPU, computing in the type it was exported in;
-    ``threads`` (None: one per core this process may use) for its matrix products."""
+    """The model of an export directory on the CPU, computing in the type it was exported in.
+
+    ``threads`` (None: one per core this process may use) translate batches side by side, one
+    thread each (CTranslate2's ``inter_threads``): a decoding step's matrices are too small to
+    share well between cores, whole batches are not (benchmarks/README.md)."""
     path = Path(path)
     meta_path = path / METADATA
     if not meta_path.is_file():
@@ -57,7 +60,7 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
     threads = threads or len(os.sched_getaffinity(0))
     try:
         engine = ctranslate2.Translator(
-            str(path), device="cpu", compute_type="default", inter_threads=1, intra_threads=threads
+            str(path), device="cpu", compute_type="default", inter_threads=threads, intra_threads=1
         )
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"CTranslate2 cannot load {path}: {err}") from None
