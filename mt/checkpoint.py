@@ -8,6 +8,7 @@ the previous checkpoint intact.
 """
 
 import hashlib
+import json
 import os
 import pickle
 import tempfile
@@ -192,3 +193,33 @@ def average_checkpoints(paths: list[str | Path], *, other_runs: bool = False) ->
         "averaged_from": [str(p) for p in paths],
         **({"run_id": reference.get("run_id")} if len(run_ids) == 1 else {}),
     }
+
+
+def checkpoint_summary(payload: dict[str, Any], path: str | Path) -> dict:
+    """What a checkpoint is, for people and tools: languages, size, step, and the scores its run
+    recorded for it (validation from the checkpoint, test from the run's ``metrics.json`` when
+    that tested this very file)."""
+    config = run_config_from_dict(payload["config"])
+    progress = payload.get("progress") or {}
+    validation = [h for h in progress.get("history", []) if h["step"] == progress.get("step")]
+    return {
+        "source_checkpoint": str(path),
+        "src_lang": config.data.src_lang,
+        "tgt_lang": config.data.tgt_lang,
+        "step": progress.get("step"),
+        "validation": validation[-1] if validation else None,
+        "test": _recorded_test(Path(path)),
+        "averaged_from": payload.get("averaged_from"),
+        "parameters": int(sum(t.numel() for t in payload["model"].values())),
+    }
+
+
+def _recorded_test(checkpoint: Path) -> dict | None:
+    try:
+        recorded = json.loads((checkpoint.parent / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if recorded.get("test_checkpoint") != checkpoint.name or not recorded.get("test"):
+        return None
+    keys = ("split", "beam_size", "length_penalty", "bleu", "chrf", "bleu_signature")
+    return {k: recorded["test"][k] for k in keys if k in recorded["test"]}

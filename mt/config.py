@@ -254,6 +254,29 @@ class TranslateConfig(DecodeConfig):
 
 
 @dataclass
+class ServeConfig(DecodeConfig):
+    """``scripts/serve.py``: an HTTP API and a web page for a model (mt/serving/); the decode
+    settings above are the defaults a request may change (``beam_size``, ``n_best``)."""
+
+    checkpoint: str = "???"
+    host: str = "127.0.0.1"
+    """Loopback by default: only this machine can connect. 0.0.0.0 opens it to the network."""
+    port: int = 8000
+    """0: any free port (the one chosen is printed)."""
+    api_key: str | None = None
+    """When set (or the MT_API_KEY environment variable is), every route but /health needs it:
+    ``Authorization: Bearer KEY``, ``X-API-Key: KEY``, or for the page ``/?key=KEY``."""
+    max_lines: int = 64
+    """Lines per request."""
+    max_line_chars: int = 2000
+    max_body_bytes: int = 1_000_000
+    max_beam_size: int = 16
+    max_wait_ms: float = 5.0
+    """How long a request waits for others to share its batch."""
+    device: str = "auto"
+
+
+@dataclass
 class ExportConfig:
     """``scripts/export.py``: a checkpoint -> a CTranslate2 model folder (mt/export/)."""
 
@@ -356,3 +379,4 @@ def register_configs() -> None:
     cs.store(name="tune_decoding_schema", node=TuneDecodingConfig)
     cs.store(name="benchmark_schema", node=BenchmarkRunConfig)
     cs.store(name="export_schema", node=ExportConfig)
+    cs.store(name="serve_schema", node=ServeConfig)

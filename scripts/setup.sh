@@ -25,7 +25,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
         pip_install "torch==$TORCH_VERSION"
     fi
 fi
-if ! .venv/bin/python -c "import mt, sentencepiece, datasets, sacrebleu, hydra, tensorboard, ctranslate2, pytest, ruff, hypothesis, matplotlib" 2>/dev/null; then
+if ! .venv/bin/python -c "import mt, sentencepiece, datasets, sacrebleu, hydra, tensorboard, ctranslate2, fastapi, uvicorn, httpx, selenium, pytest, ruff, hypothesis, matplotlib" 2>/dev/null; then
     echo "setup: installing mt and its dependencies"
     pip_install -e ".[dev,plot]"
 fi

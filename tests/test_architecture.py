@@ -27,6 +27,7 @@ WINGS = [
     "mt.export",  # checkpoint -> CTranslate2 directory, and loading one: nothing of search
     "mt.decoding",  # search, translator, evaluation: nothing of training
     "mt.plots",
+    "mt.serving",  # the HTTP API and page: decoding behind a request queue
     "mt.training",
     "mt.bench",  # on top: nothing in the library imports it
 ]

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from mt.checkpoint import load_checkpoint
-from mt.config import ModelConfig, run_config_from_dict, to_dict
+from mt.checkpoint import checkpoint_summary, load_checkpoint
+from mt.config import ModelConfig, run_config_from_dict
 from mt.data.tokenizer import Tokenizer
 from mt.model.embeddings import sinusoidal_table
 
@@ -128,39 +128,14 @@ def _tensor_names(m: ModelConfig) -> list[str]:
 
 
 def export_metadata(payload: dict, checkpoint: str | Path, quantization: str) -> dict:
-    """What the directory says about itself: the ``mt`` config, languages and the scores the
-    run recorded for this checkpoint (validation from the checkpoint, test from the run's
-    ``metrics.json`` when it tested this very file)."""
-    config = run_config_from_dict(payload["config"])
-    progress = payload.get("progress") or {}
-    validation = [h for h in progress.get("history", []) if h["step"] == progress.get("step")]
+    """What the directory says about itself: the ``mt`` config, languages and scores."""
     return {
         "export_version": EXPORT_VERSION,
         "engine": "ctranslate2",
         "quantization": quantization,
-        "source_checkpoint": str(checkpoint),
-        "src_lang": config.data.src_lang,
-        "tgt_lang": config.data.tgt_lang,
-        "step": progress.get("step"),
-        "validation": validation[-1] if validation else None,
-        "test": _recorded_test(Path(checkpoint)),
-        "averaged_from": payload.get("averaged_from"),
-        "parameters": int(sum(t.numel() for t in payload["model"].values())),
-        "config": to_dict(config),
+        **checkpoint_summary(payload, checkpoint),
+        "config": payload["config"],
     }
-
-
-def _recorded_test(checkpoint: Path) -> dict | None:
-    metrics = checkpoint.parent / "metrics.json"
-    try:
-        recorded = json.loads(metrics.read_text())
-    except (OSError, ValueError):
-        return None
-    if recorded.get("test_checkpoint") != checkpoint.name or not recorded.get("test"):
-        return None
-    test = recorded["test"]
-    keys = ("split", "beam_size", "length_penalty", "bleu", "chrf", "bleu_signature")
-    return {k: test[k] for k in keys if k in test}
 
 
 def transformer_spec(state: dict[str, torch.Tensor], m: ModelConfig, tokenizer: Tokenizer):

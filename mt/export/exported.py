@@ -30,12 +30,8 @@ def is_exported(path: str | Path) -> bool:
     return Path(path).is_dir()
 
 
-def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
-    """The model of an export directory on the CPU, computing in the type it was exported in.
-
-    ``threads`` (None: one per core this process may use) translate batches side by side, one
-    thread each (CTranslate2's ``inter_threads``): a decoding step's matrices are too small to
-    share well between cores, whole batches are not (benchmarks/README.md)."""
+def load_exported_metadata(path: str | Path) -> dict:
+    """``mt_export.json`` of an export folder, checked."""
     path = Path(path)
     meta_path = path / METADATA
     if not meta_path.is_file():
@@ -52,6 +48,17 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
             f"{path} was exported in format {metadata.get('export_version')}, this mt reads "
             f"format {EXPORT_VERSION}: export the checkpoint again with this version"
         )
+    return metadata
+
+
+def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel:
+    """The model of an export directory on the CPU, computing in the type it was exported in.
+
+    ``threads`` (None: one per core this process may use) translate batches side by side, one
+    thread each (CTranslate2's ``inter_threads``): a decoding step's matrices are too small to
+    share well between cores, whole batches are not (benchmarks/README.md)."""
+    path = Path(path)
+    metadata = load_exported_metadata(path)
     for name in ("model.bin", SPM_MODEL):
         if not (path / name).is_file():
             raise ValueError(f"{path} lacks {name}: the export is incomplete; export it again")

@@ -40,12 +40,16 @@ def resolve_layer(model: Transformer, layer: int) -> int:
 
 
 @torch.inference_mode()
-def cross_attention(translator: Translator, source: str, *, layer: int = -1) -> CrossAttention:
-    """Translate ``source`` and return the cross-attention of decoder layer ``layer``."""
+def cross_attention(
+    translator: Translator, source: str, *, layer: int = -1, output: str | None = None
+) -> CrossAttention:
+    """Translate ``source`` (unless its ``output`` is given) and return the cross-attention of
+    decoder layer ``layer`` over that output."""
     model: Transformer = translator.model
     tokenizer: Tokenizer = translator.tokenizer
     layer = resolve_layer(model, layer)
-    output = translator.translate([source])[0]
+    if output is None:
+        output = translator.translate([source])[0]
     src_ids = translator.encode([source])[0] + [tokenizer.eos_id]
     tgt_ids = tokenizer.encode([output])[0]
     device = translator.device
