@@ -307,6 +307,8 @@ class BenchmarkConfig:
     """Side of the square matrices of the matrix-multiply peak probe."""
     train: bool = True
     """Measure training (false: only decoding and/or the data pipeline)."""
+    decode: bool = True
+    """With a checkpoint: measure decoding, mt's and its CTranslate2 exports'."""
     profile: bool = False
     """Also run one round of our training steps under ``torch.profiler``: ``train.profile`` in
     the JSON (the matrix products' share of the step, their FLOP/s, the utilisation they allow)
@@ -321,6 +323,12 @@ class BenchmarkConfig:
     """Updates per side-by-side run (speeds are logged every 20; the first interval is dropped)."""
     opennmt_rounds: int = 2
     decode_rounds: int = 2
+    serve: bool = False
+    """Also load the HTTP server (scripts/serve.py) with concurrent clients on loopback
+    (``serve`` in the JSON; see mt/bench/serving_load.py). Needs ``checkpoint=``."""
+    serve_clients: list[int] = field(default_factory=lambda: [1, 8, 32])
+    serve_seconds: float = 15.0
+    """How long each number of clients sends sentences."""
     """Rounds over the decoding contestants (mt/bench/decoding_speed.py); the fastest counts."""
 
 

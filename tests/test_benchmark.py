@@ -14,7 +14,8 @@ from tests.conftest import synthetic_corpus_overrides, synthetic_sentences, writ
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_writes_json(tmp_path):
+def corpus_and_checkpoint(tmp_path) -> Path:
+    """A small synthetic corpus in ``tmp_path / "corpus"`` and an untrained model's checkpoint."""
     corpus = tmp_path / "corpus"
     for split, n in (("train", 120), ("val", 8), ("test", 8)):
         write_corpus(
@@ -30,6 +31,11 @@ def test_benchmark_writes_json(tmp_path):
     model = build_model(model_cfg, vocab_size=tokenizer.vocab_size, pad_id=0)
     ckpt = tmp_path / "model.pt"
     save_checkpoint(ckpt, model_payload(model, cfg, tokenizer))
+    return ckpt
+
+
+def test_benchmark_writes_json(tmp_path):
+    ckpt = corpus_and_checkpoint(tmp_path)
     out = tmp_path / "bench"
     result = subprocess.run(
         [
@@ -109,3 +115,36 @@ def test_benchmark_writes_json(tmp_path):
     pipeline = data["data_pipeline"]
     assert pipeline["lines"] == 2000 and pipeline["windows"] == 4
     assert pipeline["lines_per_s"] > 0 and pipeline["rss_mb_max"] > 0
+
+
+def test_the_serving_load_benchmark_reports_throughput_latency_and_memory(tmp_path):
+    ckpt = corpus_and_checkpoint(tmp_path)
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "scripts/benchmark.py",
+            *synthetic_corpus_overrides(tmp_path),
+            f"checkpoint={ckpt}",
+            "bench.train=false",
+            "bench.decode=false",
+            "bench.serve=true",
+            "bench.serve_seconds=1.5",
+            "bench.serve_clients=[1,4]",
+            "decode.max_len_b=5",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    serve = json.loads((out / "benchmark.json").read_text())["serve"]
+    for clients in (1, 4):
+        row = serve[f"clients_{clients}"]
+        assert row["errors"] == 0 and row["sentences"] > 0
+        assert 0 < row["latency_p50_s"] <= row["latency_p95_s"] <= row["latency_p99_s"]
+        assert row["server_peak_rss_mb"] >= row["server_rss_mb"] > 0
+    assert serve["clients_4"]["speedup_vs_1_client"] > 0
+    assert "serve.clients_4.sentences_per_s" in result.stdout

@@ -75,10 +75,20 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
             out=Path(out_dir) / "opennmt",
             device=str(device),
         )
-    if loaded:
+    if cfg.bench.serve:
+        if not loaded:
+            raise ValueError("bench.serve=true needs checkpoint=PATH (a trained model)")
+        from mt.bench.serving_load import benchmark_serving
+
+        result["serve"] = benchmark_serving(cfg)
+    if loaded and cfg.bench.decode:
         result["decode"] = benchmark_decoding(cfg, device)
     else:
-        result["decode"] = "skipped: give checkpoint=PATH (a trained model) to measure decoding"
+        result["decode"] = (
+            "skipped: bench.decode=false"
+            if loaded
+            else "skipped: give checkpoint=PATH (a trained model) to measure decoding"
+        )
     (out / "benchmark.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -97,7 +107,7 @@ def flatten(values: dict, prefix: str) -> list[tuple[str, object]]:
 
 def format_table(result: dict) -> str:
     rows = [("machine", result["machine"])]
-    for section in ("data_pipeline", "train", "opennmt"):
+    for section in ("data_pipeline", "train", "opennmt", "serve"):
         rows += flatten(result.get(section, {}), prefix=section)
     if isinstance(result["decode"], dict):
         rows += flatten(result["decode"], prefix="decode")
