@@ -37,6 +37,9 @@ class DataConfig:
     """Use only the first N training pairs (quick runs)."""
     vocab_size: int = 8000
     """Size of the joint SentencePiece vocabulary shared by source and target."""
+    spm_model: str | None = None
+    """An existing SentencePiece model (e.g. another run's ``spm.model``) instead of learning
+    one; its special ids must be mt's (pad 0, unk 1, bos 2, eos 3)."""
     spm_model_type: str = "unigram"
     spm_max_sentences: int = 2_000_000
     """SentencePiece is trained on at most this many sentences (sampled) of the training split."""
@@ -151,6 +154,10 @@ class TrainConfig:
     ``best.pt`` on validation (at least N numbered checkpoints are kept for it)."""
     resume: str | None = None
     """``auto`` (the run directory's ``last.pt``, if any) or the path of a checkpoint."""
+    init_from: str | None = None
+    """Start a new run from a checkpoint's weights (``best.pt``, ``last.pt``, ``averaged.pt``,
+    ``step_N.pt``) with its model settings and SentencePiece model; optimizer, schedule and
+    step count start fresh. Fine-tuning: mt/training/setup.py."""
     max_nonfinite_updates: int = 5
     """Updates with a non-finite loss or gradient are skipped; this many in a row stop training."""
     device: str = "auto"

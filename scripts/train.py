@@ -6,6 +6,7 @@ Examples::
     python scripts/train.py model=base train.max_steps=100000
     python scripts/train.py data=folder data.dir=corpus data.src_lang=fr data.tgt_lang=en
     torchrun --nproc_per_node=2 scripts/train.py hydra.run.dir=runs/ddp   # data parallel
+    python scripts/train.py train.init_from=RUN/best.pt data.dir=new_corpus   # fine-tune
 """
 
 import json
@@ -20,6 +21,7 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from mt.checks import validate_run_config
 from mt.cli import check_command_line, user_errors
 from mt.config import from_hydra, register_configs
+from mt.training.setup import take_over_model
 from mt.training.trainer import Trainer, TrainingInterrupted
 
 register_configs()
@@ -30,9 +32,11 @@ log = logging.getLogger("mt")
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     with user_errors():
-        run = from_hydra(cfg)
+        hydra_cfg = HydraConfig.get()
+        given = {o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task}
+        run = take_over_model(from_hydra(cfg), given)  # train.init_from: its model settings
         validate_run_config(run)
-        run_dir = HydraConfig.get().runtime.output_dir
+        run_dir = hydra_cfg.runtime.output_dir
         trainer = None
         try:
             trainer = Trainer(run, run_dir)

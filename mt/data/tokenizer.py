@@ -49,6 +49,26 @@ class Tokenizer:
         return cls(Path(path).read_bytes())
 
     @classmethod
+    def load_checked(cls, path: str | Path, option: str) -> "Tokenizer":
+        """A user's SentencePiece model, refused in one line (naming ``option``) when it is
+        missing, not a model, or numbers its special pieces otherwise than mt does."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{option}={path} does not exist")
+        try:
+            tokenizer = cls.load(path)
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"{option}={path} is not a SentencePiece model ({err})") from None
+        sp = tokenizer.sp
+        found = (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id())
+        if found != (PAD_ID, UNK_ID, BOS_ID, EOS_ID):
+            raise ValueError(
+                f"{option}={path} numbers pad/unk/bos/eos {found}, mt needs "
+                f"{(PAD_ID, UNK_ID, BOS_ID, EOS_ID)}: train it with --pad_id=0 --unk_id=1 "
+                "--bos_id=2 --eos_id=3, or give an mt run's spm.model"
+            )
+        return tokenizer
+
+    @classmethod
     def train(
         cls,
         texts: Iterable[str],

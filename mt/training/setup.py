@@ -1,12 +1,14 @@
 """The pieces a training run is built from, one helper each: device, data and tokenizer,
 model, loggers. :class:`mt.training.trainer.Trainer` calls them in order."""
 
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from mt.config import RunConfig
+from mt.checkpoint import load_checkpoint, load_weights
+from mt.config import ModelConfig, RunConfig, run_config_from_dict
 from mt.data.corpus import PreparedData
 from mt.data.prepare import prepare_data
 from mt.data.tokenizer import Tokenizer
@@ -15,7 +17,87 @@ from mt.loggers import ConsoleLogger, MetricLogger, MultiLogger, TensorBoardLogg
 from mt.model.transformer import Transformer, build_model
 from mt.runtime import use_device
 from mt.training import distributed
+from mt.training.checkpointing import resume_path
 from mt.training.distributed import DistContext
+
+# What a fine-tuning run cannot change: the shapes of the weights it starts from.
+MODEL_SHAPE = (
+    "d_model",
+    "n_heads",
+    "d_ff",
+    "n_encoder_layers",
+    "n_decoder_layers",
+    "pre_norm",
+    "max_positions",
+)
+
+
+@dataclass
+class StartingPoint:
+    """Where a run starts: a training checkpoint to resume (``state``), or weights to start
+    from (``init``, train.init_from), or nothing; and the tokenizer that comes with either."""
+
+    state: dict | None = None
+    source: str | None = None
+    init: dict | None = None
+    tokenizer: Tokenizer | None = None
+
+
+def starting_point(cfg: RunConfig, run_dir: Path) -> StartingPoint:
+    """Resume (``train.resume``) wins: a fine-tuning run resumes like any other. Else
+    ``train.init_from`` brings its weights and SentencePiece model, ``data.spm_model`` a
+    SentencePiece model (the same one as init_from's, when both are given)."""
+    resume_from = resume_path(cfg.train.resume, run_dir)
+    if resume_from:
+        state = load_checkpoint(resume_from)
+        return StartingPoint(state, str(resume_from), None, Tokenizer(state["tokenizer"]))
+    start = StartingPoint()
+    if cfg.train.init_from:
+        start.init = load_checkpoint(cfg.train.init_from)
+        start.source = cfg.train.init_from
+        check_same_shape(cfg.model, start.init, cfg.train.init_from)
+        start.tokenizer = Tokenizer(start.init["tokenizer"])
+    if cfg.data.spm_model:
+        own = Tokenizer.load_checked(cfg.data.spm_model, "data.spm_model")
+        if start.tokenizer and own.model_proto != start.tokenizer.model_proto:
+            raise ValueError(
+                f"data.spm_model={cfg.data.spm_model} is not the SentencePiece model of "
+                f"train.init_from={cfg.train.init_from}: drop data.spm_model (init_from's is used)"
+            )
+        start.tokenizer = start.tokenizer or own
+    return start
+
+
+def check_same_shape(model: ModelConfig, init: dict, path: str) -> None:
+    theirs = run_config_from_dict(init["config"]).model
+    for name in MODEL_SHAPE:
+        if getattr(model, name) != getattr(theirs, name):
+            raise ValueError(
+                f"train.init_from={path} has model.{name}={getattr(theirs, name)}, this run "
+                f"model.{name}={getattr(model, name)}: drop that override (a fine-tuning run "
+                "takes over the checkpoint's model settings)"
+            )
+
+
+def take_over_model(cfg: RunConfig, overridden: set[str]) -> RunConfig:
+    """With ``train.init_from``: the run's model settings become the checkpoint's, except
+    those given on the command line (``overridden``: ``model.dropout``, or ``model`` for a
+    model choice), which :func:`check_same_shape` then holds to the checkpoint's shapes."""
+    if not cfg.train.init_from:
+        return cfg
+    theirs = run_config_from_dict(load_checkpoint(cfg.train.init_from)["config"]).model
+    kept = {
+        f.name: getattr(cfg.model, f.name)
+        for f in fields(ModelConfig)
+        if "model" in overridden or f"model.{f.name}" in overridden
+    }
+    return replace(cfg, model=replace(theirs, **kept))
+
+
+def start_weights(model: nn.Module, start: StartingPoint) -> None:
+    """train.init_from's weights into a freshly built model."""
+    if start.init is not None:
+        load_weights(model, start.init["model"], source=str(start.source))
 
 
 def choose_device(cfg: RunConfig) -> tuple[torch.device, DistContext]:

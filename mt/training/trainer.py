@@ -24,7 +24,6 @@ from tqdm import tqdm
 from mt.checkpoint import load_checkpoint, load_weights, model_payload
 from mt.config import RunConfig
 from mt.data.batching import Batch, ParallelData
-from mt.data.tokenizer import Tokenizer
 from mt.kernels import loss_functions
 from mt.loggers import MetricLogger
 from mt.model.transformer import count_parameters
@@ -35,7 +34,6 @@ from mt.training.checkpointing import (
     CheckpointFiles,
     RunLock,
     restore_training_state,
-    resume_path,
     rng_state,
     training_payload,
 )
@@ -65,34 +63,38 @@ class Trainer:
         self.run_dir = Path(self.dist.gather(str(run_dir))[0])
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir) if self.dist.is_main else None
+        try:
+            self.build(cfg, logger)
+        except BaseException:  # a bad option or file: the directory is free for the next try
+            if self.lock is not None:
+                self.lock.release()
+            raise
+
+    def build(self, cfg: RunConfig, logger: MetricLogger | None) -> None:
         keep = max(cfg.train.keep_last, cfg.train.average_last)
         self.files = CheckpointFiles(self.run_dir, keep_last=keep)
         set_seed(cfg.seed)  # the same initial weights on every rank
-        resume_from = resume_path(cfg.train.resume, self.run_dir)
-        state = load_checkpoint(resume_from) if resume_from else None
-        tokenizer = Tokenizer(state["tokenizer"]) if state else None
-        self.data = setup.prepare_run_data(cfg, self.run_dir, self.dist, tokenizer)
+        self.start = start = setup.starting_point(cfg, self.run_dir)
+        self.data = setup.prepare_run_data(cfg, self.run_dir, self.dist, start.tokenizer)
         self.tokenizer = self.data.tokenizer
         self.model = setup.build_run_model(cfg, self.tokenizer, self.device)
+        setup.start_weights(self.model, start)
         self.validator = Validator(self.model, self.tokenizer, self.data, cfg, self.device)
         self.progress = Progress()
         self.budget = Budget(cfg.train)
         self.stopped_early = False  # by train.patience
         self.attention_plots = cfg.train.val_attention_plot  # off if matplotlib is missing
-        self.updater = self.build_updater(state, source=str(resume_from))
+        self.updater = self.build_updater(start.state, source=str(start.source))
         if self.dist.rank:
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)  # own dropout masks
         self.logger = logger or setup.run_logger(self.run_dir, self.dist, self.progress.step)
-        if not state and not cfg.data.streaming:
+        if not start.state and not cfg.data.streaming:
             self.log_filter_stats()
+        pairs = "streamed" if cfg.data.streaming else len(self.data.train)
         log.info(
-            "model: %s, %.1fM parameters, vocabulary %d, device %s, %s; %s training pairs",
-            cfg.model.name,
-            count_parameters(self.model) / 1e6,
-            self.tokenizer.vocab_size,
-            self.device,
-            self.updater.precision,
-            "streamed" if cfg.data.streaming else len(self.data.train),
+            f"model: {cfg.model.name}, {count_parameters(self.model) / 1e6:.1f}M parameters, "
+            f"vocabulary {self.tokenizer.vocab_size}, device {self.device}, "
+            f"{self.updater.precision}; {pairs} training pairs"
         )
 
     def build_updater(self, state: dict | None, *, source: str) -> Updater:
@@ -274,6 +276,9 @@ class Trainer:
         )
         self.meter = Meter(torch.zeros((), device=self.device))
         self.validated_at = p.history[-1]["step"] if p.history else -1
+        if p.step == 0 and self.start.init is not None and self.dist.is_main:
+            # Fine-tuning: the score it starts from, for the curves (not a checkpoint).
+            self.logger.log_dict(self.validator.validate(), 0)
         try:
             ended = self.train_epochs()
         finally:
