@@ -10,14 +10,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mt.config import (
-    DataConfig,
-    DecodeConfig,
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    TranslateConfig,
-)
+from mt.commands import TranslateConfig
+from mt.config import DataConfig, DecodeConfig, ModelConfig, RunConfig, TrainConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 KERNELS = ("auto", "plain")
@@ -113,7 +107,9 @@ def check_decode(dec: DecodeConfig, prefix: str = "") -> None:
     options of evaluate / translate / tune_decoding)."""
     if dec.beam_size < 1:
         raise ValueError(f"{prefix}beam_size={dec.beam_size} must be at least 1")
-    if not 1 <= dec.n_best <= dec.beam_size:
+    if dec.sampling:
+        _check_sampling(dec, prefix)
+    elif not 1 <= dec.n_best <= dec.beam_size:
         raise ValueError(
             f"{prefix}n_best={dec.n_best} must be between 1 and beam_size={dec.beam_size}"
         )
@@ -125,6 +121,22 @@ def check_decode(dec: DecodeConfig, prefix: str = "") -> None:
     if dec.threads is not None and dec.threads < 1:
         raise ValueError(f"{prefix}threads={dec.threads} must be at least 1 (or null: all cores)")
     check_precision(f"{prefix}precision", dec.precision)
+
+
+def _check_sampling(dec: DecodeConfig, prefix: str) -> None:
+    if dec.beam_size != 1:
+        raise ValueError(
+            f"{prefix}sampling=true draws tokens instead of searching: set {prefix}beam_size=1 "
+            f"({prefix}n_best=N then draws N samples)"
+        )
+    if dec.n_best < 1:
+        raise ValueError(f"{prefix}n_best={dec.n_best} must be at least 1")
+    if dec.top_k < 0:
+        raise ValueError(f"{prefix}top_k={dec.top_k} must be 0 (all tokens) or more")
+    if not (math.isfinite(dec.top_p) and 0 < dec.top_p <= 1):
+        raise ValueError(f"{prefix}top_p={dec.top_p} must be in (0, 1]")
+    if not (math.isfinite(dec.temperature) and dec.temperature > 0):
+        raise ValueError(f"{prefix}temperature={dec.temperature} must be positive")
 
 
 def check_translate(cfg: TranslateConfig) -> None:

@@ -1,11 +1,12 @@
-"""Typed configuration: the schema of every option, and its Hydra registration.
+"""Typed configuration: the schema of a training run's options (the other commands' are in
+mt/commands.py, which registers them all with Hydra).
 
 The YAML files under ``configs/`` only choose values; these dataclasses define which keys exist
 and their types, so a typo (``train.max_step=5``) or a wrong type fails when Hydra composes the
 config, before any work starts. Field names equal the constructor arguments they feed.
 
-Only this module, ``mt/cli.py`` (the command line) and ``scripts/`` know about Hydra /
-OmegaConf; the rest of ``mt`` receives the plain dataclasses below.
+Only this module, mt/commands.py, mt/cli.py (the command line) and ``scripts/`` know about
+Hydra / OmegaConf; the rest of ``mt`` receives the plain dataclasses below.
 """
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -192,6 +193,17 @@ class DecodeConfig:
     machine. An exported model (scripts/export.py) computes in the type it was exported in."""
     threads: int | None = None
     """CPU threads for translating in evaluate / translate / tune_decoding (None: one per core)."""
+    sampling: bool = False
+    """Draw each next token instead of searching (mt/decoding/sampling.py; needs beam_size=1):
+    ``n_best`` independent samples per line. ``top_k=1`` is greedy search."""
+    top_k: int = 0
+    """Sampling: only the k most probable tokens (0: all)."""
+    top_p: float = 1.0
+    """Sampling: only the most probable tokens whose probabilities sum to top_p (nucleus)."""
+    temperature: float = 1.0
+    """Sampling: logits / temperature (< 1 sharper, > 1 flatter)."""
+    seed: int = 1
+    """Sampling: the seed of the draws (same lines, same seed: same samples)."""
 
 
 @dataclass
@@ -205,145 +217,9 @@ class RunConfig:
     seed: int = 1
 
 
-@dataclass
-class DataOverrides:
-    """Data options that ``evaluate``/``translate`` may change from the checkpoint's config."""
-
-    dir: str | None = None
-    hub_name: str | None = None
-    hub_config: str | None = None
-    src_lang: str | None = None
-    tgt_lang: str | None = None
-    test_split: str | None = None
-    cache_dir: str | None = None
-
-
-@dataclass
-class EvaluateConfig(DecodeConfig):
-    """``scripts/evaluate.py``: score a checkpoint on a split, with the decode settings above."""
-
-    checkpoint: str = "???"
-    split: str = "test"
-    """``train``/``val``/``test`` (the names configured in data) or a literal split name."""
-    output: str | None = None
-    """Where to write the translations (default: next to the checkpoint)."""
-    device: str = "auto"
-    data: DataOverrides = field(default_factory=DataOverrides)
-
-
-@dataclass
-class TuneDecodingConfig(DecodeConfig):
-    """``scripts/tune_decoding.py``: choose beam size and length penalty on a held-out split;
-    every (beam size, length penalty) pair of the lists replaces those two settings."""
-
-    checkpoint: str = "???"
-    split: str = "val"
-    """Tune on validation data; the test split is for the final report only."""
-    beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5, 8])
-    length_penalties: list[float] = field(default_factory=lambda: [0.6, 1.0, 1.4])
-    device: str = "auto"
-    data: DataOverrides = field(default_factory=DataOverrides)
-
-
-@dataclass
-class TranslateConfig(DecodeConfig):
-    """``scripts/translate.py``: translate lines typed at a prompt or piped through stdin."""
-
-    checkpoint: str = "???"
-    batch_size: int = 64
-    """Lines read from a pipe are translated this many at a time."""
-    attention_plot: str | None = None
-    """A folder: write the cross-attention heatmap of each translated line there as
-    ``attention_<line>.png`` (source pieces x target pieces, head mean and each head)."""
-    attention_layer: int = -1
-    """Decoder layer whose cross-attention is plotted (negative counts from the last)."""
-    device: str = "auto"
-
-
-@dataclass
-class ServeConfig(DecodeConfig):
-    """``scripts/serve.py``: an HTTP API and a web page for a model (mt/serving/); the decode
-    settings above are the defaults a request may change (``beam_size``, ``n_best``)."""
-
-    checkpoint: str = "???"
-    host: str = "127.0.0.1"
-    """Loopback by default: only this machine can connect. 0.0.0.0 opens it to the network."""
-    port: int = 8000
-    """0: any free port (the one chosen is printed)."""
-    api_key: str | None = None
-    """When set (or the MT_API_KEY environment variable is), every route but /health needs it:
-    ``Authorization: Bearer KEY``, ``X-API-Key: KEY``, or for the page ``/?key=KEY``."""
-    max_lines: int = 64
-    """Lines per request."""
-    max_line_chars: int = 2000
-    max_body_bytes: int = 1_000_000
-    max_beam_size: int = 16
-    max_wait_ms: float = 5.0
-    """How long a request waits for others to share its batch."""
-    device: str = "auto"
-
-
-@dataclass
-class ExportConfig:
-    """``scripts/export.py``: a checkpoint -> a CTranslate2 model folder (mt/export/)."""
-
-    checkpoint: str = "???"
-    output: str = "???"
-    """A new or empty folder (or an earlier export, which is replaced once the new one is
-    complete)."""
-    quantization: str = "int8"
-    """``int8``, ``int8_float32``, ``int8_bfloat16``, ``int8_float16``, ``bfloat16``,
-    ``float16`` or ``float32``: the type the weights are stored and computed in."""
-
-
 def decode_settings(cfg: DecodeConfig) -> DecodeConfig:
     """The decode settings alone, from any config that extends them."""
     return DecodeConfig(**{f.name: getattr(cfg, f.name) for f in fields(DecodeConfig)})
-
-
-@dataclass
-class BenchmarkConfig:
-    """``scripts/benchmark.py``: how long to measure."""
-
-    warmup_steps: int = 5
-    """Untimed steps before the timed ones, which also run once untimed (steady state)."""
-    train_steps: int = 5
-    """Timed training steps per round; ours and the yardstick alternate for ``rounds`` rounds."""
-    rounds: int = 4
-    probe_size: int = 2048
-    """Side of the square matrices of the matrix-multiply peak probe."""
-    train: bool = True
-    """Measure training (false: only decoding and/or the data pipeline)."""
-    decode: bool = True
-    """With a checkpoint: measure decoding, mt's and its CTranslate2 exports'."""
-    profile: bool = False
-    """Also run one round of our training steps under ``torch.profiler``: ``train.profile`` in
-    the JSON (the matrix products' share of the step, their FLOP/s, the utilisation they allow)
-    and the operator table in ``profile_train.txt`` (see mt/bench/step_profile.py)."""
-    data_lines: int = 0
-    """When > 0: stream a generated corpus of this many lines through the data pipeline and
-    report lines/s and memory per window (``data_pipeline`` in the JSON)."""
-    opennmt_python: str | None = None
-    """An interpreter with OpenNMT-py 3.5 installed: train the same model with both toolkits'
-    own trainers, side by side (``opennmt`` in the JSON; see mt/bench/opennmt_compare.py)."""
-    opennmt_steps: int = 100
-    """Updates per side-by-side run (speeds are logged every 20; the first interval is dropped)."""
-    opennmt_rounds: int = 2
-    decode_rounds: int = 2
-    serve: bool = False
-    """Also load the HTTP server (scripts/serve.py) with concurrent clients on loopback
-    (``serve`` in the JSON; see mt/bench/serving_load.py). Needs ``checkpoint=``."""
-    serve_clients: list[int] = field(default_factory=lambda: [1, 8, 32])
-    serve_seconds: float = 15.0
-    """How long each number of clients sends sentences."""
-    """Rounds over the decoding contestants (mt/bench/decoding_speed.py); the fastest counts."""
-
-
-@dataclass
-class BenchmarkRunConfig(RunConfig):
-    checkpoint: str | None = None
-    """A trained model: its architecture is measured, and decoding too (else training only)."""
-    bench: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -381,17 +257,3 @@ def from_hydra(cfg: Any) -> Any:
     except MissingMandatoryValue as err:
         key = err.full_key or "?"
         raise ValueError(f"the option {key} is required: give {key}=...") from None
-
-
-def register_configs() -> None:
-    """Register the schemas with Hydra's ConfigStore (YAML files extend them by name)."""
-    from hydra.core.config_store import ConfigStore
-
-    cs = ConfigStore.instance()
-    cs.store(name="run_schema", node=RunConfig)
-    cs.store(name="evaluate_schema", node=EvaluateConfig)
-    cs.store(name="translate_schema", node=TranslateConfig)
-    cs.store(name="tune_decoding_schema", node=TuneDecodingConfig)
-    cs.store(name="benchmark_schema", node=BenchmarkRunConfig)
-    cs.store(name="export_schema", node=ExportConfig)
-    cs.store(name="serve_schema", node=ServeConfig)

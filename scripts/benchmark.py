@@ -13,7 +13,8 @@ from omegaconf import DictConfig
 from mt.bench.benchmark import format_table, run_benchmark
 from mt.checks import validate_run_config
 from mt.cli import check_command_line, user_errors
-from mt.config import from_hydra, register_configs
+from mt.commands import register_configs
+from mt.config import from_hydra
 
 register_configs()
 

@@ -11,7 +11,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mt.cli import check_command_line, user_errors
-from mt.config import from_hydra, register_configs
+from mt.commands import register_configs
+from mt.config import from_hydra
 from mt.decoding.evaluation import evaluate_checkpoint
 
 register_configs()

@@ -12,7 +12,8 @@ import hydra
 from omegaconf import DictConfig
 
 from mt.cli import check_command_line, user_errors
-from mt.config import from_hydra, register_configs
+from mt.commands import register_configs
+from mt.config import from_hydra
 from mt.export.convert import export_checkpoint
 
 register_configs()

@@ -15,7 +15,8 @@ import hydra
 from omegaconf import DictConfig
 
 from mt.cli import check_command_line, user_errors
-from mt.config import decode_settings, from_hydra, register_configs
+from mt.commands import register_configs
+from mt.config import decode_settings, from_hydra
 from mt.decoding.loading import load_translator
 from mt.serving.info import model_info
 

@@ -20,7 +20,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 
 from mt.checks import validate_run_config
 from mt.cli import check_command_line, user_errors
-from mt.config import from_hydra, register_configs
+from mt.commands import register_configs
+from mt.config import from_hydra
 from mt.training.setup import take_over_model
 from mt.training.trainer import Trainer, TrainingInterrupted
 

@@ -15,32 +15,13 @@ from omegaconf import DictConfig
 
 from mt.checks import check_translate
 from mt.cli import check_command_line, user_errors
-from mt.config import decode_settings, from_hydra, register_configs
+from mt.commands import register_configs
+from mt.config import decode_settings, from_hydra
 from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
 from mt.decoding.loading import load_translator
-from mt.decoding.translator import Translator
-from mt.plots.attention import cross_attention, plot_folder, resolve_layer, save_plot
+from mt.plots.attention import attention_writer
 
 register_configs()
-
-
-def attention_writer(translator: Translator, tcfg):
-    """A per-line hook that writes the line's cross-attention heatmap as a PNG."""
-    if translator.model is None:
-        raise ValueError(
-            f"attention_plot needs a .pt checkpoint: {tcfg.checkpoint} is an exported model, "
-            "whose engine does not return attention weights"
-        )
-    folder = plot_folder(tcfg.attention_plot)
-    resolve_layer(translator.model, tcfg.attention_layer)  # fail now, not after the first line
-
-    def write(number: int, text: str) -> None:
-        if text.strip():
-            attention = cross_attention(translator, text, layer=tcfg.attention_layer)
-            path = save_plot(attention, folder / f"attention_{number}.png")
-            print(f"attention heatmap: {path}", file=sys.stderr)
-
-    return write
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="translate")
@@ -50,10 +31,14 @@ def main(cfg: DictConfig) -> None:
         tcfg = from_hydra(cfg)
         check_translate(tcfg)
         translator, _ = load_translator(tcfg.checkpoint, decode_settings(tcfg), tcfg.device)
-        on_line = attention_writer(translator, tcfg) if tcfg.attention_plot else None
+        on_line = (
+            attention_writer(translator, tcfg.attention_plot, tcfg.attention_layer)
+            if tcfg.attention_plot
+            else None
+        )
     try:
         if sys.stdin.isatty():
-            prompt_loop(translator, n_best=tcfg.n_best, on_line=on_line)
+            prompt_loop(translator, n_best=tcfg.n_best, on_line=on_line, prefixed=tcfg.prefix)
         else:
             lines = text_lines(sys.stdin.buffer)
             translate_stream(
@@ -63,6 +48,7 @@ def main(cfg: DictConfig) -> None:
                 batch_size=tcfg.batch_size,
                 n_best=tcfg.n_best,
                 on_line=on_line,
+                prefixed=tcfg.prefix,
             )
     except KeyboardInterrupt:  # Ctrl-C in a pipe: stop quietly, what was written stays
         sys.exit(130)

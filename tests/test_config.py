@@ -7,7 +7,8 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from mt.checks import validate_run_config
-from mt.config import from_hydra, register_configs
+from mt.commands import register_configs
+from mt.config import from_hydra
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 register_configs()
@@ -190,7 +191,7 @@ def test_a_bad_option_is_said_once_on_the_console_and_kept_in_the_run_log(tmp_pa
 
 
 def test_empty_tuning_lists_are_refused(tmp_path):
-    from mt.config import TuneDecodingConfig
+    from mt.commands import TuneDecodingConfig
     from mt.decoding.evaluation import tune_decoding
 
     with pytest.raises(ValueError, match=r"beam_sizes=\[\] is empty"):
@@ -199,7 +200,7 @@ def test_empty_tuning_lists_are_refused(tmp_path):
 
 def test_translate_refuses_an_empty_batch():
     from mt.checks import check_translate
-    from mt.config import TranslateConfig
+    from mt.commands import TranslateConfig
 
     with pytest.raises(ValueError, match="batch_size=0 must be positive"):
         check_translate(TranslateConfig(checkpoint="x.pt", batch_size=0))

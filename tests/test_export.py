@@ -252,6 +252,27 @@ def test_export_then_translate_and_evaluate_through_the_scripts(trained, tmp_pat
         "scripts/translate.py", f"checkpoint={out}", f"attention_plot={tmp_path}", stdin="a b\n"
     )
     assert plot.returncode == 2
-    assert plot.stderr.startswith("error: attention_plot needs a .pt checkpoint")
+    assert plot.stderr.startswith("error: attention_plot needs one .pt checkpoint")
     bad = run("scripts/export.py", f"checkpoint={checkpoint}", f"output={out}", "quantization=int4")
     assert bad.returncode == 2 and "quantization=int4 is not one of int8" in bad.stderr
+
+
+@pytest.mark.parametrize("beam_size", [1, 4])
+def test_prefixes_are_forced_by_both_engines(trained, beam_size):
+    _, _, test, _ = trained
+    lines = test[:40]
+    prefixes = [" ".join(line.split()[::-1][:2]) for line in lines]  # the reversal's start
+    prefixes[::3] = ["j"] * len(prefixes[::3])  # and some wrong ones, to be continued
+    ours, theirs = both(trained, beam_size=beam_size)
+    a = ours.translate_nbest(lines, prefixes=prefixes)
+    b = theirs.translate_nbest(lines, prefixes=prefixes)
+    assert all(n[0].text.startswith(p) for n, p in zip(b, prefixes))
+    same = sum(x[0].text == y[0].text for x, y in zip(a, b))
+    assert same >= len(lines) - 1 if beam_size == 1 else same >= 0.9 * len(lines)
+
+
+def test_sampling_with_top_k_1_is_greedy_in_ctranslate2_too(trained):
+    _, _, test, _ = trained
+    _, theirs = both(trained, beam_size=1)
+    sampled = theirs.with_settings(DecodeConfig(beam_size=1, sampling=True, top_k=1))
+    assert sampled.translate(test[:50]) == theirs.translate(test[:50])

@@ -17,7 +17,7 @@ from mt.bench.data_pipeline import benchmark_data_pipeline
 from mt.bench.decoding_speed import benchmark_decoding
 from mt.bench.training_speed import benchmark_training
 from mt.checkpoint import load_model
-from mt.config import BenchmarkRunConfig
+from mt.commands import BenchmarkRunConfig
 from mt.data.prepare import prepare_data
 from mt.runtime import resolve_precision, set_seed, use_device
 

@@ -20,7 +20,8 @@ import torch
 
 from mt.bench.training_speed import peak_memory_mb
 from mt.checkpoint import load_checkpoint, save_checkpoint
-from mt.config import BenchmarkRunConfig, DecodeConfig
+from mt.commands import BenchmarkRunConfig
+from mt.config import DecodeConfig
 from mt.data.corpus import load_split
 from mt.decoding.loading import load_translator
 from mt.export.convert import QUANTIZATIONS, export_checkpoint

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from mt.config import BenchmarkRunConfig
+from mt.commands import BenchmarkRunConfig
 from mt.data.corpus import load_split
 
 SERVE = Path(__file__).resolve().parents[2] / "scripts" / "serve.py"

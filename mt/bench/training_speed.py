@@ -21,7 +21,8 @@ from torch import nn
 
 from mt.bench.reference import ReferenceTransformer
 from mt.bench.step_profile import profile_steps
-from mt.config import BenchmarkConfig, RunConfig
+from mt.commands import BenchmarkConfig
+from mt.config import RunConfig
 from mt.data.batching import Batch
 from mt.data.prepare import prepare_data
 from mt.data.tokenizer import Tokenizer

@@ -56,30 +56,48 @@ class CTranslate2Translator(Translator):
         """One call for everything: CTranslate2 sorts and batches by tokens itself."""
         return [todo] if todo else []
 
-    def _search(self, sources: list[list[int]], n_best: int) -> list[list[Translation]]:
-        src = [[self.pieces[i] for i in ids] + [self.pieces[self.ids.eos]] for ids in sources]
-        caps = self._caps(sources)  # EOS included, as mt counts
-        results = self._call(src, n_best, max(caps) - 1)
+    def _search(
+        self, sources: list[list[int]], n_best: int, prefixes: list[list[int]] | None
+    ) -> list[list[Translation]]:
+        eos = self.pieces[self.ids.eos]
+        src = [[self.pieces[i] for i in ids] + [eos] for ids in sources]
+        forced = [[self.pieces[i] for i in ids] for ids in prefixes] if prefixes else None
+        caps = self._caps(sources, prefixes)  # EOS included, as mt counts
+        results = self._call(src, n_best, max(caps) - 1, forced)
         over = [i for i, r in enumerate(results) if any(len(h) > caps[i] - 1 for h in r[0])]
         for cap in sorted({caps[i] for i in over}):
             again = [i for i in over if caps[i] == cap]
-            for i, redone in zip(again, self._call([src[i] for i in again], n_best, cap - 1)):
+            redo = self._call(
+                [src[i] for i in again],
+                n_best,
+                cap - 1,
+                [forced[i] for i in again] if forced else None,
+            )
+            for i, redone in zip(again, redo):
                 results[i] = redone
         return [self._translations(hyps, scores) for hyps, scores in results]
 
-    def _caps(self, sources: list[list[int]]) -> list[int]:
+    def _caps(self, sources: list[list[int]], prefixes: list[list[int]] | None) -> list[int]:
         lengths = torch.tensor([len(ids) + 1 for ids in sources])[:, None]  # with EOS
         dec = self.settings
         mask = torch.arange(int(lengths.max()))[None, :] < lengths  # (B, S) non-pad
-        caps = max_output_lengths(
-            mask.long(), 0, dec.max_len_a, dec.max_len_b, self.max_positions - 1
-        )
-        return caps.tolist()
+        limit = self.max_positions - 1
+        caps = max_output_lengths(mask.long(), 0, dec.max_len_a, dec.max_len_b, limit)
+        if prefixes:  # room for each prefix and EOS, as mt's search leaves
+            caps = torch.maximum(caps, torch.tensor([len(p) + 1 for p in prefixes]))
+        return caps.clamp(max=limit).tolist()
 
-    def _call(self, src: list[list[str]], n_best: int, max_length: int) -> list[tuple]:
+    def _call(
+        self, src: list[list[str]], n_best: int, max_length: int, prefix: list | None
+    ) -> list[tuple]:
         dec = self.settings
+        if dec.sampling:  # CTranslate2 samples with its own generator, seeded per call
+            import ctranslate2
+
+            ctranslate2.set_random_seed(dec.seed)
         results = self.exported.engine.translate_batch(
             src,
+            target_prefix=prefix,
             beam_size=dec.beam_size,
             num_hypotheses=n_best,
             length_penalty=dec.length_penalty,
@@ -89,10 +107,14 @@ class CTranslate2Translator(Translator):
             batch_type="tokens",
             suppress_sequences=self.suppressed,
             return_scores=True,
+            sampling_topk=(dec.top_k or 0) if dec.sampling else 1,
+            sampling_topp=dec.top_p if dec.sampling else 1.0,
+            sampling_temperature=dec.temperature if dec.sampling else 1.0,
         )
         return [(r.hypotheses, r.scores) for r in results]
 
     def _translations(self, hyps: list[list[str]], scores: list[float]) -> list[Translation]:
         texts = [self.tokenizer.sp.decode_pieces(h) for h in hyps]
-        beam = self.settings.beam_size > 1  # mt reports scores for beam search only
+        # mt reports scores for beam search only
+        beam = self.settings.beam_size > 1 and not self.settings.sampling
         return [Translation(t, float(s) if beam else None) for t, s in zip(texts, scores)]

@@ -7,7 +7,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from mt.checks import check_decode
-from mt.config import DataConfig, EvaluateConfig, TuneDecodingConfig, decode_settings
+from mt.commands import EvaluateConfig, TuneDecodingConfig
+from mt.config import DataConfig, decode_settings
 from mt.data.corpus import load_split
 from mt.decoding.loading import load_translator
 from mt.metrics import score

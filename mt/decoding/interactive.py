@@ -29,17 +29,22 @@ def translate_stream(
     batch_size: int = 64,
     n_best: int = 1,
     on_line: LineHook | None = None,
+    prefixed: bool = False,
 ) -> int:
     """Translate ``lines`` (without or with trailing newlines) to ``out``; returns the count.
 
     With ``n_best`` > 1 each output line holds the n translations separated by tabs.
     ``on_line(line_number, text)`` runs after each line is written (e.g. attention plots).
+    ``prefixed``: each line is ``source<TAB>target prefix`` (:func:`split_prefix`).
     """
     count = 0
     chunk: list[str] = []
 
     def flush() -> None:
-        for nbest in translator.translate_nbest(chunk, n_best=n_best):
+        sources, prefixes = zip(*map(split_prefix, chunk)) if prefixed else (chunk, None)
+        for nbest in translator.translate_nbest(
+            list(sources), n_best=n_best, prefixes=list(prefixes) if prefixes else None
+        ):
             out.write("\t".join(one_line(t.text) for t in nbest) + "\n")
         out.flush()
         if on_line:
@@ -57,6 +62,12 @@ def translate_stream(
     return count
 
 
+def split_prefix(line: str) -> tuple[str, str]:
+    """``source<TAB>target prefix`` -> (source, prefix); a line without a tab has no prefix."""
+    source, _, prefix = line.partition("\t")
+    return source, prefix
+
+
 def prompt_loop(
     translator: Translator,
     *,
@@ -64,6 +75,7 @@ def prompt_loop(
     inp: TextIO = sys.stdin,
     out: TextIO = sys.stdout,
     on_line: LineHook | None = None,
+    prefixed: bool = False,
 ) -> None:
     """Read a line, print its translation(s); Ctrl-D or Ctrl-C ends the session quietly."""
     out.write("Type a sentence and press Enter (Ctrl-D to quit).\n")
@@ -76,7 +88,10 @@ def prompt_loop(
             if not line:
                 out.write("\n")
                 return
-            nbest = translator.translate_nbest([line.rstrip("\r\n")], n_best=n_best)[0]
+            source, prefix = split_prefix(line.rstrip("\r\n")) if prefixed else (line, "")
+            nbest = translator.translate_nbest(
+                [source.rstrip("\r\n")], n_best=n_best, prefixes=[prefix] if prefixed else None
+            )[0]
         except KeyboardInterrupt:
             out.write("\n")
             return

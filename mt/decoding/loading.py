@@ -1,29 +1,50 @@
-"""One entry for every script: a ``.pt`` checkpoint or an exported folder -> a Translator."""
+"""One entry for every script: a ``.pt`` checkpoint, an exported folder, or a list of
+checkpoints (an ensemble) -> a Translator."""
 
-from pathlib import Path
+from typing import Any
 
 import torch
 
 from mt.checkpoint import load_model
 from mt.config import DecodeConfig, RunConfig
 from mt.decoding.ctranslate2 import CTranslate2Translator
+from mt.decoding.ensemble import Ensemble
 from mt.decoding.translator import Translator
 from mt.export.exported import is_exported, load_exported
 from mt.runtime import use_device
 
 
+def checkpoint_paths(checkpoint: Any) -> list[str]:
+    """``checkpoint=PATH`` or ``checkpoint=[A,B]`` -> the paths, at least one."""
+    paths = [str(p) for p in checkpoint] if isinstance(checkpoint, list | tuple) else [checkpoint]
+    if not paths or not all(paths):
+        raise ValueError("checkpoint=[] is empty: give a checkpoint, or a list of them")
+    return paths
+
+
 def load_translator(
-    path: str | Path, settings: DecodeConfig, device: str = "auto"
+    checkpoint: Any, settings: DecodeConfig, device: str = "auto"
 ) -> tuple[Translator, RunConfig]:
-    """The translator for ``path`` with ``settings``, and the config the model was trained with.
+    """The translator for ``checkpoint`` with ``settings``, and the config the (first) model
+    was trained with.
 
     A folder is read as a CTranslate2 export (CPU, in the type it was exported in); a file as a
-    checkpoint, translated by mt's own search on ``device``. ``settings.threads`` sets the CPU
-    threads of either."""
-    if is_exported(path):
-        exported = load_exported(path, threads=settings.threads)
+    checkpoint, translated by mt's own search on ``device``; several files as an ensemble
+    (mt/decoding/ensemble.py). ``settings.threads`` sets the CPU threads."""
+    paths = checkpoint_paths(checkpoint)
+    if len(paths) == 1 and is_exported(paths[0]):
+        exported = load_exported(paths[0], threads=settings.threads)
         return CTranslate2Translator(exported, settings), exported.config
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    loaded = load_model(path, use_device(device))
-    return Translator(loaded.model, loaded.tokenizer, settings), loaded.config
+    if any(is_exported(p) for p in paths):
+        raise ValueError(f"an ensemble takes .pt checkpoints, not exported folders: {paths}")
+    loaded = [load_model(p, use_device(device)) for p in paths]
+    for path, other in zip(paths[1:], loaded[1:]):
+        if other.tokenizer.model_proto != loaded[0].tokenizer.model_proto:
+            raise ValueError(
+                f"{paths[0]} and {path} have different SentencePiece models: an ensemble "
+                "needs models trained with one vocabulary"
+            )
+    model = loaded[0].model if len(loaded) == 1 else Ensemble([x.model for x in loaded])
+    return Translator(model, loaded[0].tokenizer, settings), loaded[0].config

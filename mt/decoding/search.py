@@ -10,6 +10,7 @@ The model only has to provide (see :class:`Searchable`): ``encode(src, src_mask)
 ``decode_step(tokens, state) -> logits``. Tests drive the searches with scripted fake models.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -52,6 +53,32 @@ def max_output_lengths(src: Tensor, pad_id: int, a: float, b: int, limit: int) -
     return (src_lens.float() * a + b).long().clamp(min=1, max=limit)
 
 
+def room_for_prefix(max_lens: Tensor, prefix: Tensor | None, pad: int, limit: int) -> Tensor:
+    """Length limits that leave room for each forced prefix and its EOS."""
+    if prefix is None:
+        return max_lens
+    return torch.maximum(max_lens, (prefix != pad).sum(dim=1) + 1).clamp(max=limit)
+
+
+def forced_tokens(prefix: Tensor | None, rows: Tensor, step: int, pad: int) -> Tensor | None:
+    """The prefix token each of ``rows`` (original sentence indices) must take at ``step``
+    (1-based), pad where its prefix is over; None when no row has one left."""
+    if prefix is None or step > prefix.size(1):
+        return None
+    return prefix[rows, step - 1]
+
+
+def force_prefix(log_probs: Tensor, forced: Tensor, pad: int) -> None:
+    """In place: rows (b*K,) with a forced token (not pad) may only take it, whatever the model
+    thinks of it (a finite floor keeps the hypothesis alive); its log-probability is its score.
+    """
+    rows = (forced != pad)[:, None]  # (b*K, 1)
+    token = forced[:, None]
+    own = log_probs.gather(1, token)  # (b*K, 1), before masking
+    log_probs.masked_fill_(rows, -torch.inf)  # forced rows only: the others are untouched
+    log_probs.scatter_(1, token, torch.where(rows, own.clamp(min=_NEVER), own))
+
+
 def check_interval(device: torch.device, check_every: int | None) -> int:
     """Steps between looks at which sentences are done (to drop them from the batch).
 
@@ -69,9 +96,13 @@ def check_interval(device: torch.device, check_every: int | None) -> int:
 
 def _start(model: Searchable, src: Tensor, ids: SpecialIds, repeat: int = 1):
     src_mask = padding_mask(src == ids.pad)  # (B, 1, 1, S)
-    memory = model.encode(src, src_mask)  # (B, S, D)
+    memory = model.encode(src, src_mask)  # (B, S, D), or one per model of an ensemble
     if repeat > 1:
-        memory = memory.repeat_interleave(repeat, dim=0)  # (B*K, S, D)
+        memory = (
+            [m.repeat_interleave(repeat, dim=0) for m in memory]
+            if isinstance(memory, list)
+            else memory.repeat_interleave(repeat, dim=0)
+        )  # (B*K, S, D)
         src_mask = src_mask.repeat_interleave(repeat, dim=0)
     return model.init_state(memory, src_mask)
 
@@ -85,8 +116,12 @@ def greedy_search(
     max_len_a: float = 1.5,
     max_len_b: int = 10,
     check_every: int | None = None,
+    choose: Callable[[Tensor], Tensor] | None = None,
+    prefix: Tensor | None = None,
 ) -> list[list[int]]:
-    """The most probable next token at each step. src (B, S) -> B lists of output ids.
+    """The most probable next token at each step (or the one ``choose`` draws from the logits:
+    mt/decoding/sampling.py). src (B, S) -> B lists of output ids. ``prefix`` (B, P), padded:
+    tokens each output must begin with (:func:`forced_tokens`).
 
     Each step records, on the device, which rows end (EOS or their length limit) and their
     lengths; every ``check_every`` steps (see :func:`check_interval`) rows that ended leave the
@@ -95,6 +130,7 @@ def greedy_search(
     batch_size, device = src.size(0), src.device
     every = check_interval(device, check_every)
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
+    max_lens = room_for_prefix(max_lens, prefix, ids.pad, model.max_positions - 1)
     longest = int(max_lens.max())
     state = _start(model, src, ids)
     out = torch.full((batch_size, longest), ids.pad, dtype=torch.long, device=device)  # (B, L)
@@ -106,7 +142,9 @@ def greedy_search(
         logits = model.decode_step(tokens, state)  # (b, V)
         logits[:, ids.pad] = -torch.inf
         logits[:, ids.bos] = -torch.inf
-        tokens = logits.argmax(dim=-1)  # (b,)
+        tokens = choose(logits) if choose is not None else logits.argmax(dim=-1)  # (b,)
+        if (forced := forced_tokens(prefix, active, step, ids.pad)) is not None:
+            tokens = torch.where(forced != ids.pad, forced, tokens)
         at_limit = max_lens[active] <= step  # the limit counts EOS: EOS is forced here
         ending = ((tokens == ids.eos) | at_limit) & ~ended
         out[active, step - 1] = tokens  # past a row's end: ignored (cut at its length)
@@ -232,6 +270,7 @@ def beam_search(
     max_len_b: int = 10,
     n_best: int = 1,
     check_every: int | None = None,
+    prefix: Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Beam search; src (B, S) -> for each sentence its ``n_best`` hypotheses, best first.
 
@@ -245,6 +284,7 @@ def beam_search(
     k, device = beam_size, src.device
     every = check_interval(device, check_every)
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
+    max_lens = room_for_prefix(max_lens, prefix, ids.pad, model.max_positions - 1)
     longest = int(max_lens.max())
     state = _start(model, src, ids, repeat=k)
     beams = Beams.start(src.size(0), k, longest, ids, device)
@@ -255,6 +295,8 @@ def beam_search(
         logits[:, ids.pad] = -torch.inf
         logits[:, ids.bos] = -torch.inf
         log_probs = logits.log_softmax(-1)
+        if (forced := forced_tokens(prefix, beams.active, step, ids.pad)) is not None:
+            force_prefix(log_probs, forced.repeat_interleave(k), ids.pad)
         at_limit = (max_lens[beams.active] <= step).repeat_interleave(k)  # (b*K,)
         if every > 1 or bool(at_limit.any()):
             force_eos_at_limit(log_probs, at_limit, ids.eos)

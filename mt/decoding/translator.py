@@ -19,6 +19,7 @@ from mt.config import DecodeConfig, decode_settings
 from mt.data.batching import pad
 from mt.data.corpus import clean_line
 from mt.data.tokenizer import Tokenizer
+from mt.decoding.sampling import Sampler
 from mt.decoding.search import SpecialIds, beam_search, greedy_search
 from mt.model.transformer import Transformer
 from mt.runtime import autocast, resolve_precision
@@ -55,12 +56,14 @@ class Translator:
         self.max_positions = max_positions
         # Source ids + EOS must fit the positional table.
         self.max_src_tokens = max_positions - 1
+        self._generator: torch.Generator | None = None  # sampling's, made on first use
 
     def with_settings(self, settings: DecodeConfig) -> "Translator":
         """The same model and engine with other decode settings (nothing is loaded again)."""
         other = copy.copy(self)
         other.settings = decode_settings(settings)
         check_decode(other.settings)
+        other._generator = None
         return other
 
     @property
@@ -81,19 +84,24 @@ class Translator:
         return [nbest[0].text for nbest in self.translate_nbest(lines, n_best=1)]
 
     def translate_nbest(
-        self, lines: list[str], n_best: int | None = None
+        self, lines: list[str], n_best: int | None = None, prefixes: list[str] | None = None
     ) -> list[list[Translation]]:
         """For each line its ``n_best`` translations (default: the settings' ``n_best``), best
-        first; greedy when the beam size is 1."""
+        first; greedy when the beam size is 1, drawn when ``sampling`` is on (then ``n_best``
+        samples). ``prefixes``: per line, text each translation must begin with (its subwords,
+        as the tokenizer splits it alone), or an empty string."""
         n_best = self.settings.n_best if n_best is None else n_best
-        if n_best > self.beam_size:
+        if n_best > self.beam_size and not self.settings.sampling:
             raise ValueError(f"n_best={n_best} cannot exceed beam_size={self.beam_size}")
         encoded = self.encode(lines)
+        forced = self.tokenizer.encode([clean_line(p) for p in prefixes]) if prefixes else None
         results: list[list[Translation]] = [[Translation("", None)] for _ in lines]
         todo = [i for i, ids in enumerate(encoded) if ids]
         with self._inference():
             for batch in self._batches(todo, encoded):
-                for i, nbest in zip(batch, self._search([encoded[i] for i in batch], n_best)):
+                sources = [encoded[i] for i in batch]
+                prefix = [forced[i] for i in batch] if forced else None
+                for i, nbest in zip(batch, self._search(sources, n_best, prefix)):
                     results[i] = nbest
         return results
 
@@ -136,15 +144,26 @@ class Translator:
             batches.append(current)
         return batches
 
-    def _search(self, sources: list[list[int]], n_best: int) -> list[list[Translation]]:
+    def _search(
+        self, sources: list[list[int]], n_best: int, prefixes: list[list[int]] | None
+    ) -> list[list[Translation]]:
         device = self.device
         src = pad(sources, self.ids.pad, suffix=self.ids.eos).to(device)
+        prefix = pad(prefixes, self.ids.pad).to(device) if prefixes else None
         dec = self.settings
-        lengths = dict(max_len_a=dec.max_len_a, max_len_b=dec.max_len_b)
+        common = dict(max_len_a=dec.max_len_a, max_len_b=dec.max_len_b, prefix=prefix)
         # ``auto`` is resolved for the device the model is on when the search runs.
         with autocast(device, resolve_precision(dec.precision, device)):
+            if dec.sampling:
+                draws = [
+                    self.tokenizer.decode(
+                        greedy_search(self.model, src, self.ids, choose=self._sampler(), **common)
+                    )
+                    for _ in range(n_best)
+                ]
+                return [[Translation(d[i], None) for d in draws] for i in range(len(sources))]
             if self.beam_size == 1:
-                outputs = greedy_search(self.model, src, self.ids, **lengths)
+                outputs = greedy_search(self.model, src, self.ids, **common)
                 return [[Translation(text, None)] for text in self.tokenizer.decode(outputs)]
             hyps = beam_search(
                 self.model,
@@ -153,7 +172,7 @@ class Translator:
                 beam_size=dec.beam_size,
                 length_penalty=dec.length_penalty,
                 n_best=n_best,
-                **lengths,
+                **common,
             )
         texts = self.tokenizer.decode([h.tokens for nbest in hyps for h in nbest])
         scores = np.array([h.score for nbest in hyps for h in nbest])
@@ -164,3 +183,13 @@ class Translator:
             )
             pos += len(nbest)
         return out
+
+    def _sampler(self) -> Sampler:
+        """One generator per translator, seeded once: the same lines with the same seed draw
+        the same samples, and successive calls go on drawing."""
+        if self._generator is None:
+            self._generator = torch.Generator(self.device).manual_seed(self.settings.seed)
+        dec = self.settings
+        return Sampler(
+            top_k=dec.top_k, top_p=dec.top_p, temperature=dec.temperature, generator=self._generator
+        )

@@ -7,6 +7,7 @@ of the chosen decoder layer's cross-attention. Rows (target pieces) sum to 1.
 Legend: H heads, T target pieces (+ EOS), S source pieces (+ EOS).
 """
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +117,23 @@ def save_plot(attention: CrossAttention, path: str | Path, *, per_head: bool = T
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def attention_writer(translator: Translator, folder: str, layer: int):
+    """A per-line hook for translate.py: write the line's cross-attention heatmap as a PNG in
+    ``folder`` (checked now, not after the first line)."""
+    if getattr(translator.model, "decoder_layers", None) is None:
+        raise ValueError(
+            "attention_plot needs one .pt checkpoint: an exported model's engine does not return "
+            "attention weights, and an ensemble has one attention per model"
+        )
+    out = plot_folder(folder)
+    resolve_layer(translator.model, layer)
+
+    def write(number: int, text: str) -> None:
+        if text.strip():
+            attention = cross_attention(translator, text, layer=layer)
+            path = save_plot(attention, out / f"attention_{number}.png")
+            print(f"attention heatmap: {path}", file=sys.stderr)
+
+    return write

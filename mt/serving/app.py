@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
-from mt.config import ServeConfig
+from mt.commands import ServeConfig
 from mt.data.corpus import clean_line
 from mt.decoding.translator import Translator
 from mt.plots.attention import cross_attention

@@ -5,7 +5,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mt.config import ServeConfig
+from mt.commands import ServeConfig
 
 
 class TranslateRequest(BaseModel):
