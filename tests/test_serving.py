@@ -284,3 +284,18 @@ def test_the_page_translates_and_draws_the_attention_in_a_browser(server, tmp_pa
         assert (tmp_path / "page.png").stat().st_size > 10_000
     finally:
         browser.quit()
+
+
+def test_an_exported_model_is_served_too(checkpoint, tmp_path):
+    from mt.export.convert import export_checkpoint
+
+    export_checkpoint(checkpoint, tmp_path / "ct2", "int8")
+    s = Server(tmp_path / "ct2")
+    try:
+        assert s.client.get("/info").json()["engine"] == "ctranslate2 (int8)"
+        answer = s.post({"text": ["a b c", ""], "n_best": 2}).json()["translations"]
+        assert len(answer) == 2 and answer[1]["text"] == "" and len(answer[0]["n_best"]) == 2
+        refused = s.post({"text": "a b", "attention": True})
+        assert refused.status_code == 422 and "attention needs" in refused.json()["error"]
+    finally:
+        assert s.stop() == 0
