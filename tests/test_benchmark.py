@@ -34,7 +34,8 @@ def corpus_and_checkpoint(tmp_path) -> Path:
     return ckpt
 
 
-def test_benchmark_writes_json(tmp_path):
+def run_benchmark(tmp_path, *options: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """scripts/benchmark.py on the small corpus and model; its output and benchmark.json."""
     ckpt = corpus_and_checkpoint(tmp_path)
     out = tmp_path / "bench"
     result = subprocess.run(
@@ -43,17 +44,7 @@ def test_benchmark_writes_json(tmp_path):
             "scripts/benchmark.py",
             *synthetic_corpus_overrides(tmp_path),
             f"checkpoint={ckpt}",
-            "train.batch_tokens=300",
-            "train.precision=bf16",  # also times fp32, for the ratio
-            "decode.precision=bf16",
-            "bench.warmup_steps=1",
-            "bench.train_steps=1",
-            "bench.rounds=2",
-            "bench.probe_size=64",
-            "bench.decode_rounds=1",
-            "bench.data_lines=2000",
-            "bench.profile=true",
-            "data.window_pairs=500",
+            *options,
             f"hydra.run.dir={out}",
         ],
         cwd=ROOT,
@@ -62,7 +53,24 @@ def test_benchmark_writes_json(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    data = json.loads((out / "benchmark.json").read_text())
+    return result, json.loads((out / "benchmark.json").read_text())
+
+
+def test_benchmark_writes_json(tmp_path):
+    result, data = run_benchmark(
+        tmp_path,
+        "train.batch_tokens=300",
+        "train.precision=bf16",  # also times fp32, for the ratio
+        "decode.precision=bf16",
+        "bench.warmup_steps=1",
+        "bench.train_steps=1",
+        "bench.rounds=2",
+        "bench.probe_size=64",
+        "bench.decode_rounds=1",
+        "bench.data_lines=2000",
+        "bench.profile=true",
+        "data.window_pairs=500",
+    )
     train = data["train"]
     for key in (
         "tgt_tokens_per_s",
@@ -91,7 +99,7 @@ def test_benchmark_writes_json(tmp_path):
         profile = train[key]
         assert 0 < profile["matmul_share"] < 1
         assert profile["ceiling_utilisation"] > 0 and profile["top_ops_share"]
-        assert "aten::mm" in (out / table).read_text()
+        assert "aten::mm" in (tmp_path / "bench" / table).read_text()
     assert train["minor_page_faults_per_step"] >= 0
     assert train["reference_minor_page_faults_per_step"] >= 0
     decode = data["decode"]
@@ -118,29 +126,16 @@ def test_benchmark_writes_json(tmp_path):
 
 
 def test_the_serving_load_benchmark_reports_throughput_latency_and_memory(tmp_path):
-    ckpt = corpus_and_checkpoint(tmp_path)
-    out = tmp_path / "bench"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "scripts/benchmark.py",
-            *synthetic_corpus_overrides(tmp_path),
-            f"checkpoint={ckpt}",
-            "bench.train=false",
-            "bench.decode=false",
-            "bench.serve=true",
-            "bench.serve_seconds=1.5",
-            "bench.serve_clients=[1,4]",
-            "decode.max_len_b=5",
-            f"hydra.run.dir={out}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    result, data = run_benchmark(
+        tmp_path,
+        "bench.train=false",
+        "bench.decode=false",
+        "bench.serve=true",
+        "bench.serve_seconds=1.5",
+        "bench.serve_clients=[1,4]",
+        "decode.max_len_b=5",
     )
-    assert result.returncode == 0, result.stderr
-    serve = json.loads((out / "benchmark.json").read_text())["serve"]
+    serve = data["serve"]
     for clients in (1, 4):
         row = serve[f"clients_{clients}"]
         assert row["errors"] == 0 and row["sentences"] > 0

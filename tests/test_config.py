@@ -208,6 +208,24 @@ def test_translate_refuses_an_empty_batch():
         check_translate(TranslateConfig(checkpoint="x.pt", beam_size=2, n_best=3))
 
 
+def one_error_line(script: str, *args: str) -> str:
+    """Run ``scripts/SCRIPT args``; it must fail with exit code 2 and one ``error:`` line."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, f"scripts/{script}", *args],
+        cwd=CONFIGS.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     ("script", "args", "message"),
     [
@@ -228,28 +246,14 @@ def test_translate_refuses_an_empty_batch():
 )
 def test_options_that_do_not_compose_are_one_line_and_exit_2(tmp_path, script, args, message):
     """Hydra's own report (exit 1, several lines) never reaches the user."""
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, f"scripts/{script}", *args, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=CONFIGS.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert f"python {script} --cfg job" in lines[0]
+    line = one_error_line(script, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert message in line and f"python {script} --cfg job" in line
     assert not (tmp_path / "run").exists()  # nothing was started
 
 
 @pytest.mark.parametrize("where", ["a_file", "a_file/below", "read_only/run"])
 def test_a_run_directory_that_cannot_be_written_is_refused_before_any_work(tmp_path, where):
     import os
-    import subprocess
-    import sys
 
     (tmp_path / "a_file").write_text("not a folder\n")
     (tmp_path / "read_only").mkdir()
@@ -258,14 +262,6 @@ def test_a_run_directory_that_cannot_be_written_is_refused_before_any_work(tmp_p
         # root ignores permission bits: make the place unwritable another way
         where = "/proc/mt_run"
     run_dir = where if where.startswith("/") else tmp_path / where
-    result = subprocess.run(
-        [sys.executable, "scripts/train.py", f"hydra.run.dir={run_dir}"],
-        cwd=CONFIGS.parent,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: hydra.run.dir={run_dir}: "), lines
-    assert "is a file, not a folder" in lines[0] or "cannot write in" in lines[0]
+    line = one_error_line("train.py", f"hydra.run.dir={run_dir}")
+    assert line.startswith(f"error: hydra.run.dir={run_dir}: ")
+    assert "is a file, not a folder" in line or "cannot write in" in line
