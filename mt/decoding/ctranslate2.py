@@ -19,7 +19,8 @@ from contextlib import nullcontext
 import torch
 
 from mt.config import DecodeConfig
-from mt.decoding.search import max_output_lengths
+from mt.data.batching import pad
+from mt.decoding.search import max_output_lengths, room_for_prefix
 from mt.decoding.translator import Translation, Translator
 from mt.export.exported import ExportedModel
 
@@ -78,14 +79,12 @@ class CTranslate2Translator(Translator):
         return [self._translations(hyps, scores) for hyps, scores in results]
 
     def _caps(self, sources: list[list[int]], prefixes: list[list[int]] | None) -> list[int]:
-        lengths = torch.tensor([len(ids) + 1 for ids in sources])[:, None]  # with EOS
-        dec = self.settings
-        mask = torch.arange(int(lengths.max()))[None, :] < lengths  # (B, S) non-pad
-        limit = self.max_positions - 1
-        caps = max_output_lengths(mask.long(), 0, dec.max_len_a, dec.max_len_b, limit)
-        if prefixes:  # room for each prefix and EOS, as mt's search leaves
-            caps = torch.maximum(caps, torch.tensor([len(p) + 1 for p in prefixes]))
-        return caps.clamp(max=limit).tolist()
+        """Each sentence's length limit, EOS included, computed as mt's search computes it."""
+        dec, ids, limit = self.settings, self.ids, self.max_positions - 1
+        src = pad(sources, ids.pad, suffix=ids.eos)
+        caps = max_output_lengths(src, ids.pad, dec.max_len_a, dec.max_len_b, limit)
+        prefix = pad(prefixes, ids.pad) if prefixes else None
+        return room_for_prefix(caps, prefix, ids.pad, limit).tolist()
 
     def _call(
         self, src: list[list[str]], n_best: int, max_length: int, prefix: list | None
