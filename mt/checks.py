@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from mt.commands import TranslateConfig
+from mt.commands import ServeConfig, TranslateConfig
 from mt.config import DataConfig, DecodeConfig, ModelConfig, RunConfig, TrainConfig
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -143,6 +143,19 @@ def check_translate(cfg: TranslateConfig) -> None:
     """``scripts/translate.py``'s options: the decode settings and the lines per batch."""
     check_decode(cfg)
     _positive("", cfg, ["batch_size"])
+
+
+def check_serve(cfg: ServeConfig) -> None:
+    """``scripts/serve.py``'s options: the default decode settings and the request limits."""
+    check_decode(cfg)
+    _positive("", cfg, ["max_lines", "max_line_chars", "max_body_bytes", "max_beam_size"])
+    if not (math.isfinite(cfg.max_wait_ms) and cfg.max_wait_ms >= 0):
+        raise ValueError(f"max_wait_ms={cfg.max_wait_ms} must be 0 or more")
+    if cfg.beam_size > cfg.max_beam_size:
+        raise ValueError(
+            f"beam_size={cfg.beam_size} is over max_beam_size={cfg.max_beam_size}: raise "
+            "max_beam_size or lower beam_size"
+        )
 
 
 def check_kernels(value: str, option: str = "model.kernels") -> None:

@@ -14,6 +14,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from mt.checks import check_serve
 from mt.cli import check_command_line, user_errors
 from mt.commands import register_configs
 from mt.config import decode_settings, from_hydra
@@ -49,8 +50,7 @@ def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     with user_errors():
         scfg = from_hydra(cfg)
-        if not 1 <= scfg.max_lines or scfg.max_line_chars < 1 or scfg.max_body_bytes < 1:
-            raise ValueError("max_lines, max_line_chars and max_body_bytes must be at least 1")
+        check_serve(scfg)
         sock = listen(scfg.host, scfg.port)
         translator, _ = load_translator(scfg.checkpoint, decode_settings(scfg), scfg.device)
         app = create_app(translator, scfg, model_info(scfg.checkpoint))

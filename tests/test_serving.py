@@ -299,3 +299,22 @@ def test_an_exported_model_is_served_too(checkpoint, tmp_path):
         assert refused.status_code == 422 and "attention needs" in refused.json()["error"]
     finally:
         assert s.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("max_lines=0", "max_lines=0 must be positive"),
+        ("max_beam_size=2", "beam_size=5 is over max_beam_size=2"),
+    ],
+)
+def test_impossible_server_options_are_one_line(checkpoint, option, message):
+    done = subprocess.run(
+        [sys.executable, "scripts/serve.py", f"checkpoint={checkpoint}", "port=0", option],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: {message}") and len(done.stderr.splitlines()) == 1

@@ -9,7 +9,7 @@ import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class Translation:
     text: str
     score: float | None  # length-normalised log-probability (beam search only)
+    truncated: bool = False  # the source was cut to the model's maximum length
 
 
 class Translator:
@@ -93,7 +94,9 @@ class Translator:
         n_best = self.settings.n_best if n_best is None else n_best
         if n_best > self.beam_size and not self.settings.sampling:
             raise ValueError(f"n_best={n_best} cannot exceed beam_size={self.beam_size}")
-        encoded = self.encode(lines)
+        encoded = self.tokenizer.encode([clean_line(line) for line in lines])
+        cut = {n for n, ids in enumerate(encoded) if len(ids) > self.max_src_tokens}
+        encoded = self.cut(encoded)
         forced = self.tokenizer.encode([clean_line(p) for p in prefixes]) if prefixes else None
         results: list[list[Translation]] = [[Translation("", None)] for _ in lines]
         todo = [i for i, ids in enumerate(encoded) if ids]
@@ -102,7 +105,7 @@ class Translator:
                 sources = [encoded[i] for i in batch]
                 prefix = [forced[i] for i in batch] if forced else None
                 for i, nbest in zip(batch, self._search(sources, n_best, prefix)):
-                    results[i] = nbest
+                    results[i] = [replace(t, truncated=True) for t in nbest] if i in cut else nbest
         return results
 
     @contextmanager
@@ -118,7 +121,10 @@ class Translator:
 
     def encode(self, lines: list[str]) -> list[list[int]]:
         """Subword ids of each line as the model sees it: cleaned, cut to the maximum length."""
-        encoded = self.tokenizer.encode([clean_line(line) for line in lines])
+        return self.cut(self.tokenizer.encode([clean_line(line) for line in lines]))
+
+    def cut(self, encoded: list[list[int]]) -> list[list[int]]:
+        """Id lists longer than the model's maximum cut to it, each with a warning."""
         for n, ids in enumerate(encoded):
             if len(ids) > self.max_src_tokens:
                 log.warning(

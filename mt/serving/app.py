@@ -17,7 +17,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
 from mt.commands import ServeConfig
-from mt.data.corpus import clean_line
 from mt.decoding.translator import Translator
 from mt.plots.attention import cross_attention
 from mt.serving.batcher import Batcher
@@ -163,13 +162,12 @@ def translate_function(translator: Translator):
         beam, n_best = settings
         search = translator.with_settings(replace(translator.settings, beam_size=beam))
         nbests = search.translate_nbest(lines, n_best=n_best)
-        lengths = [len(ids) for ids in translator.tokenizer.encode([clean_line(x) for x in lines])]
         out = []
-        for line, nbest, length, wants in zip(lines, nbests, lengths, attention):
+        for line, nbest, wants in zip(lines, nbests, attention):
             entry = {
                 "text": nbest[0].text,
                 "score": nbest[0].score,
-                "truncated": length > translator.max_src_tokens,
+                "truncated": nbest[0].truncated,
             }
             if n_best > 1:
                 entry["n_best"] = [{"text": t.text, "score": t.score} for t in nbest]
