@@ -110,10 +110,10 @@ class TrainConfig:
     """``torch.compile`` the training forward pass (fuses element-wise work; compiles once,
     with dynamic shapes, before the first update)."""
     precision: str = "auto"
-    """``auto`` (bf16 on a CUDA GPU that supports it and on a CPU whose bf16 matrix multiplies
-    are measured to be fast, else fp32; see ``mt/runtime.py``), ``fp32``, ``bf16`` (autocast,
-    no loss scaling needed) or ``fp16`` (autocast with a dynamic loss scaler). Weights and
-    optimizer state stay in fp32."""
+    """``auto`` (the faster of fp32 and bf16 on a few real updates of this model, timed at
+    start-up, fp32 winning ties; a resumed run keeps its choice: mt/training/precision.py),
+    ``fp32``, ``bf16`` (autocast, no loss scaling needed) or ``fp16`` (autocast with a dynamic
+    loss scaler). Weights and optimizer state stay in fp32."""
     lr: float = 1.5e-3
     """Peak learning rate, reached after ``warmup_steps`` (linearly) and then decayed."""
     warmup_steps: int = 300
@@ -187,7 +187,8 @@ class DecodeConfig:
     batch_tokens: int = 6000
     """Source tokens per decoding batch (inputs are sorted by length first)."""
     precision: str = "fp32"
-    """``fp32``, ``bf16``, ``fp16`` or ``auto`` (as ``train.precision``: bf16 where it is fast).
+    """``fp32``, ``bf16`` (a bf16 copy of the model), ``fp16`` (autocast) or ``auto`` (the faster
+    of fp32 and bf16 on a few decode steps, timed on first use: mt/decoding/precision.py).
     bf16 decodes faster on CPUs with bf16 units but may change some outputs (benchmarks/README.md
     has the speed and BLEU); fp32, the default, translates a checkpoint the same on every
     machine. An exported model (scripts/export.py) computes in the type it was exported in."""

@@ -2,13 +2,14 @@
 
 import ctypes
 import ctypes.util
-import functools
 import math
 import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,38 +29,70 @@ def resolve_device(name: str) -> torch.device:
         ) from None
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` autocast on a CUDA GPU that supports it, or on a CPU whose bf16
-    matrix multiplies are clearly faster than fp32 ones (:func:`cpu_bf16_is_fast`); else
-    ``fp32``.
-
-    Why measure on CPUs: with bf16 dot-product units (AVX512-BF16, AMX) bf16 trains much faster;
-    without them the casts cost more than the emulated bf16 matmuls save (benchmarks/README.md
-    has both). Weights, optimizer state and the loss stay fp32 either way. fp16 is never
-    chosen automatically: it needs a loss scaler and can still overflow.
-    """
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu" and cpu_bf16_is_fast():
-        return "bf16"
-    return "fp32"
+AUTO_MARGIN = 1.05
+"""``auto`` picks bf16 only when it runs the probe at least this much faster than fp32: fp32
+wins ties, so timing noise cannot make ``auto`` slower than fp32."""
 
 
-BF16_MIN_SPEEDUP = 1.5
-"""bf16 must multiply matrices this much faster than fp32 to be chosen: CPUs with bf16 units
-are well above it, those without below 1 (benchmarks/README.md), so timing noise cannot flip
-the choice."""
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """What ``precision=auto`` chose, and the probe's best seconds in each candidate."""
+
+    precision: str
+    seconds: dict[str, float]
+
+    def describe(self) -> str:
+        timed = ", ".join(f"{p} {s * 1e3:.1f} ms" for p, s in self.seconds.items())
+        return f"{self.precision} (probe: {timed})"
+
+    def report(self) -> dict:
+        """For benchmark JSON: the choice, each candidate's ms, and fp32's time over the
+        choice's (>= 1: never slower than fp32)."""
+        ms = {p: round(s * 1e3, 2) for p, s in self.seconds.items()}
+        fp32 = self.seconds.get("fp32", self.seconds[self.precision])
+        speedup = round(fp32 / self.seconds[self.precision], 3)
+        return {"chosen": self.precision, "probe_ms": ms, "probe_speedup_vs_fp32": speedup}
 
 
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_is_fast() -> bool:
-    """Whether this CPU multiplies bf16 matrices at least ``BF16_MIN_SPEEDUP`` times faster than
-    fp32 ones, timed once per process (~0.1-0.5 s). No CPU flag says which kernels oneDNN will
-    pick (AVX512-BF16, AMX, ARM's BF16, or emulation), so this is measured, not looked up."""
-    fp32 = matmul_seconds(torch.float32)
-    return fp32 >= BF16_MIN_SPEEDUP * matmul_seconds(torch.bfloat16)
+def auto_candidates(device: torch.device) -> list[str]:
+    """What ``auto`` chooses among: fp32, and bf16 where the device computes in it (any CPU:
+    with bf16 units (AVX512-BF16, AMX, ARM's BF16) it is fast, emulated it is slow, and the
+    probe tells which; a CUDA GPU that supports it). fp16 is never chosen automatically: it
+    needs a loss scaler and can still overflow."""
+    if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return ["fp32", "bf16"]
+    return ["fp32"]
+
+
+def choose_by_timing(
+    probes: dict[str, Callable[[], object]],
+    device: torch.device,
+    *,
+    repeats: int = 3,
+    budget_s: float = 1.0,
+) -> PrecisionChoice:
+    """The fastest of ``probes`` (precision -> a few real steps in it), fp32 first and winning
+    ties (:data:`AUTO_MARGIN`). Each probe runs once untimed (kernel selection, buffers), then
+    all alternate for ``repeats`` rounds, fewer when ``budget_s`` runs out (at least one);
+    each keeps its best round."""
+    best = dict.fromkeys(probes, math.inf)
+    for probe in probes.values():
+        probe()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for precision, probe in probes.items():
+            sync(device)
+            begin = time.perf_counter()
+            probe()
+            sync(device)
+            best[precision] = min(best[precision], time.perf_counter() - begin)
+        if time.perf_counter() - start > budget_s:
+            break
+    chosen = "fp32" if "fp32" in best else next(iter(best))
+    for precision, seconds in best.items():
+        if seconds * AUTO_MARGIN < best[chosen]:
+            chosen = precision
+    return PrecisionChoice(chosen, best)
 
 
 def matmul_seconds(

@@ -53,6 +53,7 @@ def main(cfg: DictConfig) -> None:
         check_serve(scfg)
         sock = listen(scfg.host, scfg.port)
         translator, _ = load_translator(scfg.checkpoint, decode_settings(scfg), scfg.device)
+        translator.precision()  # ``auto`` is timed now, not during the first request
         app = create_app(translator, scfg, model_info(scfg.checkpoint))
     host, port = sock.getsockname()[:2]
     print(f"serving {scfg.checkpoint} on http://{host}:{port}/", file=sys.stderr, flush=True)

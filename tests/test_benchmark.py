@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mt.bench.benchmark import MATRIX_FLAGS
 from mt.checkpoint import model_payload, save_checkpoint
 from mt.config import DataConfig, ModelConfig, RunConfig
 from mt.data.tokenizer import Tokenizer
@@ -89,6 +90,8 @@ def test_benchmark_writes_json(tmp_path):
         "fp32_utilisation",
         "plain_kernels_tgt_tokens_per_s",  # the same model with model.kernels=plain
         "speedup_vs_plain_kernels",
+        "shapes_matmul_peak_flop_per_s",  # the peak at the model's own matrix shapes
+        "shapes_utilisation",
     ):
         assert train[key] > 0 or key == "padding_fraction", key
     assert 0 <= train["padding_fraction"] < 1
@@ -115,14 +118,40 @@ def test_benchmark_writes_json(tmp_path):
                 "seconds",
             }
     assert decode["mt_bf16"]["precision"] == "bf16"
+    for mode in ("greedy", "beam5"):  # what ``auto`` chose, beside fp32 and bf16
+        auto = decode["mt_auto"][mode]["auto"]
+        assert auto["chosen"] in ("fp32", "bf16") and set(auto["probe_ms"]) == {"fp32", "bf16"}
+        assert decode["summary"][f"{mode}_auto_vs_fp32"] > 0
+        assert f"{mode}_auto_bleu_delta" in decode["summary"]
     assert decode["ctranslate2_int8"]["engine"] == "ctranslate2 (int8)"
     assert decode["summary"]["ctranslate2_choice"] is None or decode["summary"]["beam5_speedup"] > 0
     assert data["precision"] == "bf16"
+    assert set(data["cpu_flags"]) <= set(MATRIX_FLAGS)  # which matrix units this CPU has
     assert data["model"]["d_model"] == 16  # the checkpoint's architecture was measured
     assert "train.tgt_tokens_per_s" in result.stdout
     pipeline = data["data_pipeline"]
     assert pipeline["lines"] == 2000 and pipeline["windows"] == 4
     assert pipeline["lines_per_s"] > 0 and pipeline["rss_mb_max"] > 0
+
+
+def test_the_benchmark_reports_what_training_precision_auto_chose(tmp_path):
+    _, data = run_benchmark(
+        tmp_path,
+        "train.batch_tokens=300",
+        "train.precision=auto",
+        "bench.decode=false",
+        "bench.warmup_steps=1",
+        "bench.train_steps=1",
+        "bench.rounds=1",
+        "bench.probe_size=64",
+    )
+    train = data["train"]
+    auto = train["auto"]
+    assert train["precision"] == auto["chosen"] in ("fp32", "bf16")
+    assert set(auto["probe_ms"]) == {"fp32", "bf16"} and auto["probe_speedup_vs_fp32"] >= 1
+    # Both precisions timed in the steady state too, the chosen one as ``ours``.
+    assert set(auto["tgt_tokens_per_s"]) == {"fp32", "bf16"} and auto["speedup_vs_fp32"] > 0
+    assert auto["tgt_tokens_per_s"][auto["chosen"]] == train["tgt_tokens_per_s"]
 
 
 def test_the_serving_load_benchmark_reports_throughput_latency_and_memory(tmp_path):

@@ -4,6 +4,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,36 +41,54 @@ def test_freed_memory_is_reused_without_faulting_pages_in_again():
     assert _page_faults(5) < 1000
 
 
-def test_precision_auto_is_bf16_where_bf16_matmuls_are_fast(monkeypatch):
-    from mt import runtime
-    from mt.runtime import autocast, resolve_precision
+def test_auto_candidates_are_fp32_and_bf16_where_the_device_computes_in_bf16(monkeypatch):
+    from mt.runtime import auto_candidates, autocast
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda: False)
-    assert resolve_precision("auto", cpu) == "fp32"  # emulated bf16 is slower than fp32
-    monkeypatch.setattr(runtime, "cpu_bf16_is_fast", lambda: True)
-    assert resolve_precision("auto", cpu) == "bf16"  # bf16 units: ~4x the matmul rate
+    assert auto_candidates(cpu) == ["fp32", "bf16"]  # the probe tells emulated from real bf16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert resolve_precision("auto", gpu) == "bf16"
+    assert auto_candidates(gpu) == ["fp32", "bf16"]
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert resolve_precision("auto", gpu) == "fp32"
-    assert resolve_precision("fp16", cpu) == "fp16"  # an explicit choice is kept
+    assert auto_candidates(gpu) == ["fp32"]
     with autocast(cpu, "bf16"):
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(cpu, "fp32"):
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_cpu_bf16_probe_compares_measured_matmul_times(monkeypatch):
-    from mt import runtime
+def _sleeper(seconds: float, calls: list):
+    def probe():
+        calls.append(seconds)
+        time.sleep(seconds)
 
-    assert runtime.matmul_seconds(torch.bfloat16, size=64, repeats=1) > 0
-    for bf16_seconds, expected in ((1.0, True), (2.5, False)):  # fp32 takes 3 s
-        runtime.cpu_bf16_is_fast.cache_clear()
-        fake = {torch.float32: 3.0, torch.bfloat16: bf16_seconds}
-        monkeypatch.setattr(runtime, "matmul_seconds", fake.__getitem__)
-        assert runtime.cpu_bf16_is_fast() is expected
-    runtime.cpu_bf16_is_fast.cache_clear()
+    return probe
+
+
+@pytest.mark.parametrize(
+    ("bf16_seconds", "expected"),
+    [(0.02, "bf16"), (0.06, "fp32")],  # fp32 takes 0.06 s; a tie goes to fp32
+)
+def test_choose_by_timing_takes_the_fastest_and_fp32_wins_ties(bf16_seconds, expected):
+    from mt.runtime import choose_by_timing
+
+    calls: list = []
+    probes = {"fp32": _sleeper(0.06, calls), "bf16": _sleeper(bf16_seconds, calls)}
+    choice = choose_by_timing(probes, torch.device("cpu"), repeats=2)
+    assert choice.precision == expected
+    assert choice.seconds["fp32"] >= 0.06 and choice.seconds["bf16"] >= bf16_seconds
+    assert len(calls) == 6  # one untimed run each, then two alternating rounds
+    report = choice.report()
+    assert report["chosen"] == expected and report["probe_speedup_vs_fp32"] >= 1.0
+    assert expected in choice.describe() and "fp32" in choice.describe()
+
+
+def test_choose_by_timing_stops_early_when_its_budget_is_spent():
+    from mt.runtime import choose_by_timing
+
+    calls: list = []
+    probes = {"fp32": _sleeper(0.05, calls), "bf16": _sleeper(0.05, calls)}
+    choose_by_timing(probes, torch.device("cpu"), repeats=10, budget_s=0.05)
+    assert len(calls) == 4  # the untimed runs and one round: the budget was spent in it
 
 
 # Many bf16 matmuls, each with a new number of rows (as token-budget batches have), forward

@@ -19,7 +19,7 @@ from mt.bench.training_speed import benchmark_training
 from mt.checkpoint import load_model
 from mt.commands import BenchmarkRunConfig
 from mt.data.prepare import prepare_data
-from mt.runtime import resolve_precision, set_seed, use_device
+from mt.runtime import set_seed, use_device
 
 
 def machine_description(device: torch.device) -> str:
@@ -37,6 +37,21 @@ def machine_description(device: torch.device) -> str:
     return f"{name}, {torch.get_num_threads()} threads"
 
 
+MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's flags that decide its matrix kernels (as ``lscpu`` lists them), in a fixed
+    order: which of fp32 / bf16 / AMX paths this machine has."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((x for x in cpuinfo.splitlines() if x.startswith("flags")), "")
+    present = set(line.partition(":")[2].split())
+    return [flag for flag in MATRIX_FLAGS if flag in present]
+
+
 def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
     """Measure, write ``benchmark.json`` in ``out_dir`` and return the result."""
     set_seed(cfg.seed)
@@ -49,10 +64,11 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
     result = {
         "command": " ".join(["python", *sys.argv]),
         "machine": machine_description(device),
+        "cpu_flags": cpu_flags(),
         "torch": torch.__version__,
         "model": asdict(cfg.model),
         "batch_tokens": cfg.train.batch_tokens,
-        "precision": resolve_precision(cfg.train.precision, device),
+        "precision": cfg.train.precision,  # as asked; ``train.auto`` says what auto chose
     }
     tokenizer = loaded.tokenizer if loaded else None
     if cfg.bench.data_lines > 0:  # first: its memory readings start from a small process

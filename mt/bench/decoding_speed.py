@@ -2,8 +2,9 @@
 side on the same test split (with a trained checkpoint only: an untrained model rarely emits
 EOS, so its speed says nothing).
 
-Contestants: mt in ``decode.precision`` and in the precision ``auto`` picks when that differs;
-CTranslate2 exports in float32, int8 and every other type this CPU computes in. Each runs in a
+Contestants: mt in ``decode.precision``, in each precision ``auto`` chooses among, and with
+``auto`` itself (what it chose for each search is reported, beside the alternatives); CTranslate2
+exports in float32, int8 and every other type this CPU computes in. Each runs in a
 fresh process, so its peak memory is its own, and for ``bench.decode_rounds`` rounds (the
 fastest round counts). Each reports, greedy and beam 5: words/s, sentences/s, BLEU on test and
 validation (modes are compared on validation), model size on disk and peak memory.
@@ -26,7 +27,7 @@ from mt.data.corpus import load_split
 from mt.decoding.loading import load_translator
 from mt.export.convert import QUANTIZATIONS, export_checkpoint
 from mt.metrics import score
-from mt.runtime import resolve_precision
+from mt.runtime import auto_candidates
 
 SEARCHES = (("greedy", 1), ("beam5", 5))
 BLEU_MARGIN = 0.5  # a CTranslate2 mode may cost at most this much validation BLEU
@@ -73,10 +74,9 @@ def _contestants(cfg: BenchmarkRunConfig, device: torch.device, tmp: Path) -> di
     payload = load_checkpoint(checkpoint)
     save_checkpoint(weights, {k: payload[k] for k in ("model", "config", "tokenizer")})
     size = weights.stat().st_size
-    chosen = resolve_precision(cfg.decode.precision, device)
-    found = {f"mt_{chosen}": (checkpoint, chosen, size)}
-    if (fast := resolve_precision("auto", device)) != chosen:
-        found[f"mt_{fast}"] = (checkpoint, fast, size)
+    found = {}
+    for precision in dict.fromkeys([*auto_candidates(device), cfg.decode.precision, "auto"]):
+        found[f"mt_{precision}"] = (checkpoint, precision, size)
     for mode in ctranslate2_modes():
         folder = tmp / mode
         export_checkpoint(checkpoint, folder, mode)
@@ -96,7 +96,7 @@ def measure(
     result: dict = {"engine": translator.engine, "precision": precision}
     for name, beam in SEARCHES:
         search = translator.with_settings(replace(settings, beam_size=beam))
-        search.translate(sources[:50])  # warm-up
+        search.translate(sources[:50])  # warm-up (and ``auto``'s timing: not in the clock)
         start = time.perf_counter()
         hyps = search.translate(sources)
         seconds = time.perf_counter() - start
@@ -107,6 +107,9 @@ def measure(
             "val_bleu": score(search.translate(texts["val"][0]), texts["val"][1]).bleu,
             "seconds": round(seconds, 2),
         }
+        if precision == "auto":
+            (choice,) = [c for (_, b, _), c in translator.precisions.choices.items() if b == beam]
+            result[name]["auto"] = choice.report()
     result["peak_memory_mb"] = round(peak_memory_mb(torch.device(device)), 1)
     return result
 
@@ -133,10 +136,16 @@ def summarise(results: dict[str, dict]) -> dict:
         for k, v in ct2.items()
         if v["beam5"]["val_bleu"] >= reference["beam5"]["val_bleu"] - BLEU_MARGIN
     }
+    summary: dict = {}
+    if "mt_auto" in mt and "mt_fp32" in mt:  # what ``auto`` earns over fp32 (>= 1 if it is right)
+        for name, _ in SEARCHES:
+            auto, fp32 = mt["mt_auto"][name], mt["mt_fp32"][name]
+            summary[f"{name}_auto_vs_fp32"] = round(auto["words_per_s"] / fp32["words_per_s"], 3)
+            summary[f"{name}_auto_bleu_delta"] = round(auto["bleu"] - fp32["bleu"], 2)
     if not eligible:
-        return {"ctranslate2_choice": None}
+        return {**summary, "ctranslate2_choice": None}
     choice = max(eligible, key=lambda k: eligible[k]["beam5"]["words_per_s"])
-    summary: dict = {"ctranslate2_choice": choice}
+    summary["ctranslate2_choice"] = choice
     for name, _ in SEARCHES:
         fastest = max(mt, key=lambda k: mt[k][name]["words_per_s"])
         summary[f"{name}_fastest_mt"] = fastest

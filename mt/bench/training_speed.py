@@ -12,6 +12,7 @@ import math
 import resource
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,8 +29,9 @@ from mt.data.prepare import prepare_data
 from mt.data.tokenizer import Tokenizer
 from mt.kernels import loss_functions, use_kernels
 from mt.model.transformer import Transformer, build_model
-from mt.runtime import autocast, matmul_seconds, precision_dtype, resolve_precision, sync
+from mt.runtime import auto_candidates, autocast, matmul_seconds, precision_dtype, sync
 from mt.training.optim import build_optimizer
+from mt.training.precision import choose_training_precision
 
 
 def parameter_flops_per_step(model: Transformer, src_tokens: int, tgt_tokens: int) -> float:
@@ -46,6 +48,44 @@ def matmul_peak(
     """Best-of-N FLOP/s of a square matrix multiply in ``dtype``: what the hardware gives us
     (in the precision training runs its matmuls in)."""
     return 2 * size**3 / matmul_seconds(dtype, size, repeats, device)
+
+
+def step_matmul_shapes(model: nn.Module, rows: int) -> Counter:
+    """(m, k, n) -> how many (m x k) @ (k x n) products a training step of ``rows`` tokens per
+    side runs in the model's linear layers and tied output layer: per layer the forward
+    product, the input's gradient and the weight's gradient. Attention's own products (scores,
+    weighted values) are left out: they are small beside these."""
+    shapes: Counter = Counter()
+    layers = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    embed = getattr(model, "embed", None)
+    if embed is not None:
+        layers.append(tuple(embed.weight.shape[::-1]))  # (D, V): the output layer
+    for k, n in layers:
+        shapes.update([(rows, k, n), (rows, n, k), (n, rows, k)])
+    return shapes
+
+
+def shapes_peak(
+    model: nn.Module, rows: int, device: torch.device, dtype: torch.dtype, repeats: int = 5
+) -> float:
+    """FLOP/s of the step's own matrix products (:func:`step_matmul_shapes`), each shape timed
+    best-of-``repeats``, weighted by how often it runs: what these shapes can do on this
+    hardware, a fairer yardstick for a small model than a large square product."""
+    flops = seconds = 0.0
+    for (m, k, n), count in step_matmul_shapes(model, rows).items():
+        a = torch.randn(m, k, device=device).to(dtype)
+        b = torch.randn(k, n, device=device).to(dtype)
+        a @ b  # kernel selection and buffers
+        best = math.inf
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            a @ b
+            sync(device)
+            best = min(best, time.perf_counter() - start)
+        flops += count * 2.0 * m * k * n
+        seconds += count * best
+    return flops / seconds
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -115,10 +155,12 @@ class Run:
         return seconds
 
 
-def contestants(cfg: RunConfig, ours: Transformer, device: torch.device) -> dict[str, Run]:
-    """Ours in training's precision (``auto`` resolved); the yardstick; ours in fp32 when the
-    precision is another; ours with ``model.kernels=plain`` when the kernels are on."""
-    precision = resolve_precision(cfg.train.precision, device)
+def contestants(
+    cfg: RunConfig, ours: Transformer, device: torch.device, precision: str
+) -> dict[str, Run]:
+    """Ours in training's (resolved) ``precision``; the yardstick; ours in fp32 when the
+    precision is another, and in every other precision ``auto`` chooses among when it was
+    asked for; ours with ``model.kernels=plain`` when the kernels are on."""
     m = cfg.model
     ref = ReferenceTransformer(
         ours, n_heads=m.n_heads, d_ff=m.d_ff, dropout=m.dropout, pre_norm=m.pre_norm
@@ -128,8 +170,10 @@ def contestants(cfg: RunConfig, ours: Transformer, device: torch.device) -> dict
         "ours": Run(ours, optimizer, precision, m.kernels),
         "ref": Run(ref, build_optimizer(ref, cfg.train), precision, m.kernels),
     }
-    if precision != "fp32":  # the same model and optimizer, in fp32
-        runs["ours_fp32"] = Run(ours, optimizer, "fp32", m.kernels)
+    others = auto_candidates(device) if cfg.train.precision == "auto" else ["fp32"]
+    for other in others:  # the same model and optimizer, in another precision
+        if other != precision:
+            runs[f"ours_{other}"] = Run(ours, optimizer, other, m.kernels)
     if m.kernels != "plain":
         plain = use_kernels(copy.deepcopy(ours), "plain")
         runs["ours_plain"] = Run(plain, build_optimizer(plain, cfg.train), precision, "plain")
@@ -166,7 +210,12 @@ def benchmark_training(
     data = prepare_data(cfg.data, seed=cfg.seed, tokenizer=tokenizer)
     ours = build_model(cfg.model, vocab_size=data.tokenizer.vocab_size, pad_id=0).to(device)
     use_kernels(ours, cfg.model.kernels)
-    runs = contestants(cfg, ours, device)
+    auto = None
+    precision = cfg.train.precision
+    if precision == "auto":  # as a training run chooses, on a probe batch
+        auto = choose_training_precision(cfg, ours, data.tokenizer, device)
+        precision = auto.precision
+    runs = contestants(cfg, ours, device, precision)
     batches = list(data.train.batches(cfg.train.batch_tokens, np.random.default_rng(cfg.seed)))
     needed = bench.warmup_steps + bench.rounds * bench.train_steps
     batches = (batches * math.ceil(needed / len(batches)))[:needed]
@@ -188,6 +237,13 @@ def benchmark_training(
         parameter_flops_per_step(ours, int((b.src != 0).sum()), b.n_tgt_tokens) for b in timed
     ]
     result = training_report(runs, timed, sum(step_flops), peak, fp32_peak, device)
+    rows = round(sum(b.tgt_in.numel() for b in timed) / len(timed))
+    own = shapes_peak(ours, rows, device, precision_dtype(precision))
+    result["shapes_matmul_peak_flop_per_s"] = round(own)
+    result["shapes_utilisation"] = float(f"{result['achieved_flop_per_s'] / own:.3g}")
+    result["precision"] = precision
+    if auto is not None:
+        result["auto"] = {**auto.report(), **steady_alternatives(runs, timed)}
     result["unseen_shapes_tgt_tokens_per_s"] = round(
         sum(b.n_tgt_tokens for b in unseen) / unseen_seconds, 1
     )
@@ -199,6 +255,17 @@ def benchmark_training(
             profiles(runs, timed, step_flops, (peak, fp32_peak), bench, device, cfg, out_dir)
         )
     return result
+
+
+def steady_alternatives(runs: dict[str, Run], timed: list[Batch]) -> dict:
+    """Target tokens/s of ours in each precision timed, and the chosen one's over fp32's."""
+    tgt = sum(b.n_tgt_tokens for b in timed)
+    ours = {runs["ours"].precision: runs["ours"].seconds}
+    ours |= {run.precision: run.seconds for k, run in runs.items() if k == f"ours_{run.precision}"}
+    return {
+        "tgt_tokens_per_s": {p: round(tgt / s, 1) for p, s in ours.items()},
+        "speedup_vs_fp32": round(ours["fp32"] / ours[runs["ours"].precision], 3),
+    }
 
 
 def training_report(

@@ -53,6 +53,10 @@ class CTranslate2Translator(Translator):
     def _inference(self):
         return nullcontext()
 
+    def precision(self) -> str:
+        """The type the model was exported in computes; ``decode.precision`` does not apply."""
+        return self.exported.metadata["quantization"]
+
     def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
         """One call for everything: CTranslate2 sorts and batches by tokens itself."""
         return [todo] if todo else []

@@ -139,7 +139,8 @@ def greedy_search(
     ended = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (b,)
     tokens = torch.full((batch_size,), ids.bos, dtype=torch.long, device=device)
     for step in range(1, longest + 1):
-        logits = model.decode_step(tokens, state)  # (b, V)
+        # float32 whatever the model computes in: a bf16 argmax is slow on CPUs and ties often.
+        logits = model.decode_step(tokens, state).float()  # (b, V)
         logits[:, ids.pad] = -torch.inf
         logits[:, ids.bos] = -torch.inf
         tokens = choose(logits) if choose is not None else logits.argmax(dim=-1)  # (b,)

@@ -19,10 +19,10 @@ from mt.config import DecodeConfig, decode_settings
 from mt.data.batching import pad
 from mt.data.corpus import clean_line
 from mt.data.tokenizer import Tokenizer
+from mt.decoding.precision import PrecisionModels
 from mt.decoding.sampling import Sampler
 from mt.decoding.search import SpecialIds, beam_search, greedy_search
 from mt.model.transformer import Transformer
-from mt.runtime import autocast, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Translator:
         self, model: Transformer, tokenizer: Tokenizer, settings: DecodeConfig | None = None
     ) -> None:
         self.model = model
+        self.precisions = PrecisionModels(model)  # the model in the precision a search runs in
         self._configure(tokenizer, settings, model.max_positions)
 
     def _configure(
@@ -158,21 +159,21 @@ class Translator:
         prefix = pad(prefixes, self.ids.pad).to(device) if prefixes else None
         dec = self.settings
         common = dict(max_len_a=dec.max_len_a, max_len_b=dec.max_len_b, prefix=prefix)
-        # ``auto`` is resolved for the device the model is on when the search runs.
-        with autocast(device, resolve_precision(dec.precision, device)):
+        model, context = self.precisions.for_search(self.precision())
+        with context:
             if dec.sampling:
                 draws = [
                     self.tokenizer.decode(
-                        greedy_search(self.model, src, self.ids, choose=self._sampler(), **common)
+                        greedy_search(model, src, self.ids, choose=self._sampler(), **common)
                     )
                     for _ in range(n_best)
                 ]
                 return [[Translation(d[i], None) for d in draws] for i in range(len(sources))]
             if self.beam_size == 1:
-                outputs = greedy_search(self.model, src, self.ids, **common)
+                outputs = greedy_search(model, src, self.ids, **common)
                 return [[Translation(text, None)] for text in self.tokenizer.decode(outputs)]
             hyps = beam_search(
-                self.model,
+                model,
                 src,
                 self.ids,
                 beam_size=dec.beam_size,
@@ -189,6 +190,18 @@ class Translator:
             )
             pos += len(nbest)
         return out
+
+    def precision(self) -> str:
+        """The settings' precision, ``auto`` resolved: timed for the device the model is on
+        when first asked (mt/decoding/precision.py). A server asks before it listens, so that
+        no request waits for the probe."""
+        dec = self.settings
+        return self.precisions.resolve(
+            dec.precision,
+            batch_tokens=dec.batch_tokens,
+            beam_size=1 if dec.sampling else dec.beam_size,
+            ids=self.ids,
+        )
 
     def _sampler(self) -> Sampler:
         """One generator per translator, seeded once: the same lines with the same seed draw

@@ -119,6 +119,7 @@ def training_payload(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     scaler: torch.amp.GradScaler | None,
+    precision: str,
     progress: Progress,
     rng_states: list[dict],
 ) -> dict:
@@ -129,6 +130,7 @@ def training_payload(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
+        "precision": precision,  # resolved: a resumed ``auto`` run keeps it
         "progress": asdict(progress),
         "rng": {**rng_states[0], "ranks": rng_states},  # every rank's, in rank order
     }

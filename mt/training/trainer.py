@@ -27,7 +27,7 @@ from mt.data.batching import Batch, ParallelData
 from mt.kernels import loss_functions
 from mt.loggers import MetricLogger
 from mt.model.transformer import count_parameters
-from mt.runtime import resolve_precision, set_seed
+from mt.runtime import set_seed
 from mt.training import distributed, report, setup
 from mt.training.budget import Budget
 from mt.training.checkpointing import (
@@ -38,6 +38,7 @@ from mt.training.checkpointing import (
     training_payload,
 )
 from mt.training.optim import build_optimizer, build_scheduler
+from mt.training.precision import training_precision
 from mt.training.progress import (
     Meter,
     Progress,
@@ -105,8 +106,7 @@ class Trainer:
         scheduler = build_scheduler(
             optimizer, cfg.train, lambda steps: self.budget.spent(steps, self.progress)
         )
-        # Rank 0's choice for all: ``auto`` may time a probe on CPUs, and ranks must agree.
-        precision = self.dist.gather(resolve_precision(cfg.train.precision, self.device))[0]
+        precision = training_precision(cfg, self.model, self.tokenizer, self.dist, state)
         updater = Updater(
             model=self.model,
             train_model=setup.wrap_for_training(self.model, cfg, self.dist, self.device),
@@ -214,6 +214,7 @@ class Trainer:
                 optimizer=u.optimizer,
                 scheduler=u.scheduler,
                 scaler=u.scaler,
+                precision=u.precision,
                 progress=self.progress,
                 rng_states=rng_states,
             )
