@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from mt.bench.benchmark import MATRIX_FLAGS
 from mt.checkpoint import model_payload, save_checkpoint
 from mt.config import DataConfig, ModelConfig, RunConfig
@@ -172,3 +174,24 @@ def test_the_serving_load_benchmark_reports_throughput_latency_and_memory(tmp_pa
         assert row["server_peak_rss_mb"] >= row["server_rss_mb"] > 0
     assert serve["clients_4"]["speedup_vs_1_client"] > 0
     assert "serve.clients_4.sentences_per_s" in result.stdout
+
+
+def test_a_spawned_contestant_reports_its_own_peak_memory_not_its_parents():
+    """ru_maxrss survives exec: a decoding contestant spawned after training's rounds reported
+    the parent's peak."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    import torch
+
+    from mt.bench.training_speed import peak_memory_mb
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("reads /proc/self/status")
+    cpu = torch.device("cpu")
+    big = torch.ones(600 * 2**20 // 4)  # 600 MB, touched
+    del big
+    parent = peak_memory_mb(cpu)
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as child:
+        own = child.submit(peak_memory_mb, cpu).result()
+    assert parent > 600 and own < parent - 300

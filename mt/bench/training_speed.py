@@ -89,9 +89,18 @@ def shapes_peak(
 
 
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak memory so far: GPU allocator peak, or the process's peak RSS on CPU."""
+    """Peak memory so far: GPU allocator peak, or the process's peak resident memory on CPU.
+
+    On Linux that is ``VmHWM`` of /proc/self/status, not ``ru_maxrss``: the latter survives
+    ``exec``, so a child spawned by a large process (the decoding contestants, after training's
+    rounds) would report its parent's peak."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        status = Path("/proc/self/status").read_text()
+        return next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        pass
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
