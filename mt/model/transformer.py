@@ -106,9 +106,12 @@ class Transformer(nn.Module):
     # -- decoder, one step at a time (search) ----------------------------------------------------
 
     def init_state(self, memory: Tensor, src_mask: Tensor) -> DecoderState:
-        """Project the memory once per layer; empty self-attention caches."""
+        """Project the memory once per layer; empty self-attention caches. The projections are
+        stored contiguous: every step multiplies by them, and split heads' strided views would
+        be copied at every step."""
+        projected = [layer.cross_attn.project_kv(memory) for layer in self.decoder_layers]
         return DecoderState(
-            memory_kv=[layer.cross_attn.project_kv(memory) for layer in self.decoder_layers],
+            memory_kv=[(k.contiguous(), v.contiguous()) for k, v in projected],
             src_mask=src_mask,
             caches=[KVCache() for _ in self.decoder_layers],
         )
