@@ -248,6 +248,7 @@ def test_export_then_translate_and_evaluate_through_the_scripts(trained, tmp_pat
     assert evaluated.returncode == 0, evaluated.stderr
     result = json.loads((tmp_path / "eval" / "scores.json").read_text())
     assert result["engine"] == "ctranslate2 (float32)" and result["sentences"] == 100
+    assert result["precision"] == "float32"  # what computed, not the unused decode.precision
     plot = run(
         "scripts/translate.py", f"checkpoint={out}", f"attention_plot={tmp_path}", stdin="a b\n"
     )

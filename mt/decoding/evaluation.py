@@ -51,7 +51,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
         "sentences": len(hyps),
         "beam_size": cfg.beam_size,
         "length_penalty": cfg.length_penalty,
-        "precision": cfg.precision,
+        "precision": translator.precision(),  # ``auto`` resolved; an export: its type
         "engine": translator.engine,
         **scores.as_dict(),
         "translations": str(hyp_path),
