@@ -51,7 +51,7 @@ def test_the_bf16_copy_is_made_once_and_again_after_the_weights_change():
 def test_bf16_search_runs_the_copy_and_the_fp32_model_stays_fp32(tokenizer):
     translator = random_translator(tokenizer, beam_size=3, max_len_b=5, precision="bf16")
     seen = []
-    handle = translator.model.decoder_layers[0].ff.fc1.register_forward_hook(
+    handle = translator.model.decoder_layers[0].ff.register_forward_hook(
         lambda _m, _i, out: seen.append(out.dtype)
     )
     try:

@@ -9,6 +9,7 @@ import mt.kernels.loss
 from mt.kernels import loss_functions, use_kernels
 from mt.kernels.attention import explicit_attention, fast_attention
 from mt.kernels.dropout import Dropout
+from mt.kernels.packed import can_pack
 from mt.model import loss as plain_loss
 from mt.model.attention import MultiHeadAttention, scaled_dot_product_attention
 from mt.model.masks import padding_mask
@@ -207,3 +208,45 @@ def test_dropout_rate_scale_and_reproducibility():
     out = Dropout(0.5).train()(y)
     out.sum().backward()
     torch.testing.assert_close(y.grad, (out != 0).float() * 2.0)  # gradient through kept only
+
+
+needs_packing = pytest.mark.skipif(
+    not can_pack(torch.device("cpu"), torch.bfloat16),
+    reason="this PyTorch does not pack bf16 weights for oneDNN",
+)
+
+
+@needs_packing
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (4, 1, 48)])
+def test_packed_linear_equals_the_bf16_linear(bias, shape):
+    from mt.kernels.packed import PackedLinear
+
+    linear = nn.Linear(48, 40, bias=bias).to(torch.bfloat16)
+    x = torch.randn(shape).to(torch.bfloat16)
+    with torch.inference_mode():
+        expected, packed = linear(x), PackedLinear(linear)(x)
+    assert packed.shape == expected.shape and packed.dtype == torch.bfloat16
+    # The same products; only the order of float32 accumulation may differ, then bf16 rounding.
+    torch.testing.assert_close(packed.float(), expected.float(), atol=0.05, rtol=0.02)
+
+
+@needs_packing
+def test_the_bf16_search_copy_packs_its_linears_only_with_the_kernels_on():
+    from mt.decoding.precision import PrecisionModels
+    from mt.kernels import kernels_of
+    from mt.kernels.packed import PackedLinear
+
+    for kernels in ("auto", "plain"):
+        model = use_kernels(small_model(), kernels)
+        assert kernels_of(model) == kernels
+        copy, _ = PrecisionModels(model).for_search("bf16")
+        packed = [m for m in copy.modules() if isinstance(m, PackedLinear)]
+        plain = [m for m in copy.modules() if type(m) is nn.Linear]
+        assert (len(packed) > 0, len(plain) > 0) == (kernels == "auto", kernels == "plain")
+        assert not any(isinstance(m, PackedLinear) for m in model.modules())  # only the copy
+        src = torch.randint(4, 23, (3, 6))
+        tgt = torch.randint(4, 23, (3, 5))
+        with torch.inference_mode():
+            exact, fast = model.eval()(src, tgt), copy(src, tgt).float()
+        assert (fast - exact).norm() / exact.norm() < 0.02

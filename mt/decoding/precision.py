@@ -3,9 +3,11 @@
 - ``fp32``: the model as it is.
 - ``bf16``: a copy of the model with every weight in bf16, made once (and again after the
   weights change, as they do between training's validations), so no step converts a weight;
-  autocast would convert each weight at every call. Attention scores and softmax stay float32
-  (mt/model/attention.py, mt/kernels/attention.py), and so do the search's log-probabilities
-  and length penalties (mt/decoding/search.py casts each step's logits).
+  autocast would convert each weight at every call. With ``model.kernels=auto`` on a CPU its
+  linear layers' weights are also packed once for oneDNN (mt/kernels/packed.py). Attention
+  scores and softmax stay float32 (mt/model/attention.py, mt/kernels/attention.py), and so do
+  the search's log-probabilities and length penalties (mt/decoding/search.py casts each
+  step's logits).
 - ``fp16``: autocast over the fp32 model: a model held in fp16 could overflow its residual
   stream (bf16 has fp32's range, fp16 does not).
 - ``auto``: the faster of the candidates on a few decode steps of this very model at the
@@ -21,6 +23,8 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
+from mt.kernels import kernels_of
+from mt.kernels.packed import can_pack, pack_linears
 from mt.model.masks import padding_mask
 from mt.runtime import PrecisionChoice, auto_candidates, autocast, choose_by_timing
 
@@ -68,7 +72,10 @@ class PrecisionModels:
         key, device = weights_version(self.model), self.device()
         held = self._copies.get(dtype)
         if held is None or held[0] != key or held[1] != device:
-            held = (key, device, held_in(self.model, dtype))
+            duplicate = held_in(self.model, dtype)
+            if kernels_of(self.model) == "auto" and can_pack(device, dtype):
+                pack_linears(duplicate)
+            held = (key, device, duplicate)
             self._copies[dtype] = held
         return held[2]
 

@@ -12,6 +12,8 @@ plain (mt/model/)             kernel (mt/kernels/)
 ``scaled_dot_product_attention``  :func:`~mt.kernels.attention.fast_attention`: fused SDPA,
                               or bf16 products written out on a CPU; no weights kept
 ``model.loss``                :mod:`mt.kernels.loss`: blockwise, its own backward
+``nn.Linear`` (bf16 copy      :class:`~mt.kernels.packed.PackedLinear`: the weight packed
+for search, on a CPU)         once for oneDNN (mt/decoding/precision.py)
 ============================  ===========================================================
 
 tests/test_kernels.py holds each kernel equal to its plain counterpart, forward and gradients.
@@ -45,6 +47,15 @@ def use_kernels(model: nn.Module, kernels: str) -> nn.Module:
             elif not fast and type(child) is Dropout:
                 setattr(module, child_name, nn.Dropout(child.p))
     return model
+
+
+def kernels_of(model: nn.Module) -> str:
+    """``auto`` when :func:`use_kernels` put the kernels into ``model`` (or into any model it
+    holds, e.g. an ensemble's), else ``plain``."""
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention) and module.attention is fast_attention:
+            return "auto"
+    return "plain"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,52 @@
+"""Linear layers with their weights packed once for oneDNN's matrix kernels: a drop-in for
+``nn.Linear`` in a bf16 copy of the model that only translates (mt/decoding/precision.py).
+
+oneDNN multiplies in a blocked weight layout of its own (the one its AVX512-BF16 or AMX
+kernels read). A plain ``nn.Linear`` hands it the weight row-major, so every call reorders it;
+packed once (``torch.ops.mkldnn._reorder_linear_weight``, what ``torch.compile``'s freezing
+does for a CPU), a call only multiplies (``_linear_pointwise``). The product is the same up to
+the order of the float32 accumulation. Inference only: packed weights have no gradient, and an
+opaque layout that cannot be copied or saved.
+"""
+
+import torch
+from torch import Tensor, nn
+
+
+def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this PyTorch packs ``dtype`` weights for oneDNN on ``device`` (bf16 on a CPU)."""
+    ops = torch.ops.mkldnn
+    return (
+        device.type == "cpu"
+        and dtype == torch.bfloat16
+        and torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_reorder_linear_weight")
+        and hasattr(ops, "_linear_pointwise")
+    )
+
+
+class PackedLinear(nn.Module):
+    """``linear``'s function, its weight (out, in) packed for oneDNN; x (..., in) -> (..., out)."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), None)
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed"
+
+
+def pack_linears(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.Linear`` of ``model`` (inference-only, its weights in a dtype that
+    :func:`can_pack`) by a :class:`PackedLinear`, in place; returns ``model``."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is nn.Linear:
+                setattr(module, name, PackedLinear(child))
+    return model
