@@ -220,6 +220,33 @@ def test_distributed_run_resumes_exactly(tmp_path):
     assert_same_weights(tmp_path / "straight" / "last.pt", tmp_path / "resumed" / "last.pt", True)
 
 
+def _precision_worker(rank: int, world: int, port: int, tmp: str, run_dir: str):
+    """Rank 1 must not time a probe of its own: it takes rank 0's choice."""
+    as_rank(rank, world, port)
+    if rank == 1:
+        from mt.training import precision
+
+        def refuse(*_args, **_kwargs):
+            raise AssertionError("rank 1 timed a probe")
+
+        precision.choose_training_precision = refuse
+    cfg = small_run(Path(tmp), model=NO_DROPOUT, max_steps=2, precision="auto")
+    trainer = Trainer(cfg, run_dir, logger=ListLogger())
+    try:
+        trainer.fit()
+    finally:
+        trainer.dist.shutdown()
+    Path(tmp, f"precision_{rank}.txt").write_text(trainer.updater.precision)
+
+
+def test_ranks_train_in_rank_0s_auto_precision(tmp_path):
+    args = (2, free_port(), str(tmp_path), str(tmp_path / "run"))
+    mp.spawn(_precision_worker, args=args, nprocs=2, join=True)
+    chosen = {(tmp_path / f"precision_{rank}.txt").read_text() for rank in (0, 1)}
+    assert len(chosen) == 1 and chosen <= {"fp32", "bf16"}
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["precision"] in chosen
+
+
 @pytest.mark.slow
 def test_torchrun_trains_with_two_processes(tmp_path):
     small_run(tmp_path)  # writes the synthetic corpus
