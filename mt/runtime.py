@@ -2,6 +2,7 @@
 
 import ctypes
 import ctypes.util
+import functools
 import math
 import os
 import random
@@ -55,13 +56,32 @@ class PrecisionChoice:
 
 
 def auto_candidates(device: torch.device) -> list[str]:
-    """What ``auto`` chooses among: fp32, and bf16 where the device computes in it (any CPU:
-    with bf16 units (AVX512-BF16, AMX, ARM's BF16) it is fast, emulated it is slow, and the
-    probe tells which; a CUDA GPU that supports it). fp16 is never chosen automatically: it
-    needs a loss scaler and can still overflow."""
-    if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+    """What ``auto`` chooses among: fp32, and bf16 where the device computes in it: a CUDA GPU
+    that supports it; a CPU unless its bf16 matrix products are hopeless
+    (:func:`cpu_bf16_is_hopeless`). With bf16 units (AVX512-BF16, AMX, ARM's BF16) bf16 is fast,
+    with AVX-512 alone somewhat slower than fp32, and the probe tells which. fp16 is never
+    chosen automatically: it needs a loss scaler and can still overflow."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return ["fp32", "bf16"]
+    if device.type == "cpu" and not cpu_bf16_is_hopeless():
         return ["fp32", "bf16"]
     return ["fp32"]
+
+
+HOPELESS_BF16 = 0.5
+"""bf16 matrix products at under this fraction of fp32's speed cannot win a step that is mostly
+matrix products."""
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_is_hopeless() -> bool:
+    """Whether a small (256 x 256) bf16 matrix product runs at under ``HOPELESS_BF16`` of fp32's
+    speed on this CPU, timed once per process (milliseconds). Where oneDNN has no vector bf16
+    kernel (AVX2 only) it can be 50x slower, and even timing one bf16 training step would take
+    minutes, so ``auto`` does not try."""
+    return matmul_seconds(torch.bfloat16, 256, 3) * HOPELESS_BF16 > matmul_seconds(
+        torch.float32, 256, 3
+    )
 
 
 def choose_by_timing(

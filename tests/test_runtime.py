@@ -42,10 +42,14 @@ def test_freed_memory_is_reused_without_faulting_pages_in_again():
 
 
 def test_auto_candidates_are_fp32_and_bf16_where_the_device_computes_in_bf16(monkeypatch):
+    from mt import runtime
     from mt.runtime import auto_candidates, autocast
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert auto_candidates(cpu) == ["fp32", "bf16"]  # the probe tells emulated from real bf16
+    monkeypatch.setattr(runtime, "cpu_bf16_is_hopeless", lambda: False)
+    assert auto_candidates(cpu) == ["fp32", "bf16"]  # the probe tells which is faster
+    monkeypatch.setattr(runtime, "cpu_bf16_is_hopeless", lambda: True)
+    assert auto_candidates(cpu) == ["fp32"]  # no vector bf16 kernels: not even tried
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert auto_candidates(gpu) == ["fp32", "bf16"]
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
@@ -54,6 +58,18 @@ def test_auto_candidates_are_fp32_and_bf16_where_the_device_computes_in_bf16(mon
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
     with autocast(cpu, "fp32"):
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
+
+
+def test_hopeless_bf16_is_a_measured_matmul_ratio(monkeypatch):
+    from mt import runtime
+
+    assert runtime.matmul_seconds(torch.bfloat16, size=64, repeats=1) > 0
+    for bf16_seconds, expected in ((1.0, False), (1.9, False), (2.5, True)):  # fp32 takes 1 s
+        runtime.cpu_bf16_is_hopeless.cache_clear()
+        fake = {torch.float32: 1.0, torch.bfloat16: bf16_seconds}
+        monkeypatch.setattr(runtime, "matmul_seconds", lambda dtype, *_a, fake=fake: fake[dtype])
+        assert runtime.cpu_bf16_is_hopeless() is expected
+    runtime.cpu_bf16_is_hopeless.cache_clear()
 
 
 def _sleeper(seconds: float, calls: list):

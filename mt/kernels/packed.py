@@ -9,20 +9,37 @@ the order of the float32 accumulation. Inference only: packed weights have no gr
 opaque layout that cannot be copied or saved.
 """
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether this PyTorch packs ``dtype`` weights for oneDNN on ``device`` (bf16 on a CPU)."""
+    """Whether this PyTorch packs ``dtype`` weights for oneDNN on ``device``: bf16 on a CPU
+    whose vector units oneDNN's bf16 kernels need (AVX-512 or AVX-NE-CONVERT; not AVX2 alone)."""
+    return device.type == "cpu" and dtype == torch.bfloat16 and _cpu_packs_bf16()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_packs_bf16() -> bool:
+    """Tried once per process on a tiny weight: no flag says which kernels oneDNN has here."""
     ops = torch.ops.mkldnn
-    return (
-        device.type == "cpu"
-        and dtype == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
+    if not (
+        torch.backends.mkldnn.is_available()
         and hasattr(ops, "_reorder_linear_weight")
         and hasattr(ops, "_linear_pointwise")
-    )
+    ):
+        return False
+    try:
+        with torch.no_grad():
+            packed = ops._reorder_linear_weight(torch.ones(8, 8, dtype=torch.bfloat16), None)
+            ops._linear_pointwise(
+                torch.ones(2, 8, dtype=torch.bfloat16), packed, None, "none", [], ""
+            )
+    except RuntimeError:  # e.g. "bf16 path needs the cpu support ... avx512bw"
+        return False
+    return True
 
 
 class PackedLinear(nn.Module):
