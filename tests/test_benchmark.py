@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.bench.benchmark import MATRIX_FLAGS
+from mt.bench.benchmark import KERNEL_ENVIRONMENT, MATRIX_FLAGS
 from mt.checkpoint import model_payload, save_checkpoint
 from mt.config import DataConfig, ModelConfig, RunConfig
 from mt.data.tokenizer import Tokenizer
@@ -132,6 +132,7 @@ def test_benchmark_writes_json(tmp_path):
     assert decode["summary"]["ctranslate2_choice"] is None or decode["summary"]["beam5_speedup"] > 0
     assert data["precision"] == "bf16"
     assert set(data["cpu_flags"]) <= set(MATRIX_FLAGS)  # which matrix units this CPU has
+    assert set(data["environment"]) <= set(KERNEL_ENVIRONMENT)  # e.g. ONEDNN_MAX_CPU_ISA
     assert data["model"]["d_model"] == 16  # the checkpoint's architecture was measured
     assert "train.tgt_tokens_per_s" in result.stdout
     pipeline = data["data_pipeline"]

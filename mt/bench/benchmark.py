@@ -7,6 +7,7 @@ Decoding: mt/bench/decoding_speed.py (mt's search and its CTranslate2 exports).
 """
 
 import json
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -52,6 +53,15 @@ def cpu_flags() -> list[str]:
     return [flag for flag in MATRIX_FLAGS if flag in present]
 
 
+KERNEL_ENVIRONMENT = (
+    "ONEDNN_MAX_CPU_ISA",
+    "ATEN_CPU_CAPABILITY",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "OMP_NUM_THREADS",
+)
+"""Variables that change which kernels run: a run under any of them measures another machine."""
+
+
 def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
     """Measure, write ``benchmark.json`` in ``out_dir`` and return the result."""
     set_seed(cfg.seed)
@@ -65,6 +75,7 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
         "command": " ".join(["python", *sys.argv]),
         "machine": machine_description(device),
         "cpu_flags": cpu_flags(),
+        "environment": {k: os.environ[k] for k in KERNEL_ENVIRONMENT if k in os.environ},
         "torch": torch.__version__,
         "model": asdict(cfg.model),
         "batch_tokens": cfg.train.batch_tokens,
