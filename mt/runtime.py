@@ -77,8 +77,8 @@ matrix products."""
 def cpu_bf16_is_hopeless() -> bool:
     """Whether a small (256 x 256) bf16 matrix product runs at under ``HOPELESS_BF16`` of fp32's
     speed on this CPU, timed once per process (milliseconds). Where oneDNN has no vector bf16
-    kernel (AVX2 only) it can be 50x slower, and even timing one bf16 training step would take
-    minutes, so ``auto`` does not try."""
+    kernel (AVX2 only) bf16 products are many times slower (benchmarks/README.md), and even
+    timing one bf16 training step would take long, so ``auto`` does not try."""
     return matmul_seconds(torch.bfloat16, 256, 3) * HOPELESS_BF16 > matmul_seconds(
         torch.float32, 256, 3
     )
@@ -120,12 +120,15 @@ def matmul_seconds(
     size: int = 1024,
     repeats: int = 3,
     device: torch.device | None = None,
+    shape: tuple[int, int, int] | None = None,
 ) -> float:
-    """Best-of-``repeats`` seconds of one (size x size) @ (size x size) multiply on ``device``
-    (the CPU by default; synchronised on a GPU)."""
+    """Best-of-``repeats`` seconds of one (size x size) @ (size x size) multiply, or of one
+    (m x k) @ (k x n) for ``shape=(m, k, n)``, on ``device`` (the CPU by default; synchronised
+    on a GPU)."""
     device = device or torch.device("cpu")
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
+    m, k, n = shape or (size, size, size)
+    a = torch.randn(m, k, device=device).to(dtype)
+    b = torch.randn(k, n, device=device).to(dtype)
     a @ b  # first call: kernel selection and buffers
     best = math.inf
     for _ in range(repeats):

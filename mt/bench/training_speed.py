@@ -73,18 +73,8 @@ def shapes_peak(
     hardware, a fairer yardstick for a small model than a large square product."""
     flops = seconds = 0.0
     for (m, k, n), count in step_matmul_shapes(model, rows).items():
-        a = torch.randn(m, k, device=device).to(dtype)
-        b = torch.randn(k, n, device=device).to(dtype)
-        a @ b  # kernel selection and buffers
-        best = math.inf
-        for _ in range(repeats):
-            sync(device)
-            start = time.perf_counter()
-            a @ b
-            sync(device)
-            best = min(best, time.perf_counter() - start)
         flops += count * 2.0 * m * k * n
-        seconds += count * best
+        seconds += count * matmul_seconds(dtype, repeats=repeats, device=device, shape=(m, k, n))
     return flops / seconds
 
 
