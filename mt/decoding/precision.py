@@ -23,6 +23,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
+from mt.decoding.search import SpecialIds
 from mt.kernels import kernels_of
 from mt.kernels.packed import can_pack, pack_linears
 from mt.model.masks import padding_mask
@@ -79,7 +80,7 @@ class PrecisionModels:
             self._copies[dtype] = held
         return held[2]
 
-    def resolve(self, precision: str, *, batch_tokens: int, beam_size: int, ids) -> str:
+    def resolve(self, precision: str, *, batch_tokens: int, beam_size: int, ids: SpecialIds) -> str:
         """``precision``, or for ``auto`` the timed choice for this batch size and beam (made
         on first use, logged)."""
         if precision != "auto":
@@ -102,7 +103,7 @@ class PrecisionModels:
 def decode_probe(
     model: nn.Module,
     context: AbstractContextManager,
-    ids,
+    ids: SpecialIds,
     batch_tokens: int,
     beam_size: int,
     device: torch.device,
