@@ -72,6 +72,16 @@ def test_hopeless_bf16_is_a_measured_matmul_ratio(monkeypatch):
     runtime.cpu_bf16_is_hopeless.cache_clear()
 
 
+def test_timing_probes_leave_the_random_streams_alone():
+    from mt import runtime
+
+    state = torch.get_rng_state()
+    runtime.matmul_seconds(torch.float32, size=32, repeats=1)
+    runtime.cpu_bf16_is_hopeless.cache_clear()
+    runtime.cpu_bf16_is_hopeless()
+    assert torch.equal(torch.get_rng_state(), state)  # dropout masks stay as they would be
+
+
 def _sleeper(seconds: float, calls: list):
     def probe():
         calls.append(seconds)

@@ -52,26 +52,26 @@ def choose_training_precision(
     """Time a few updates of a copy of ``model`` (its own optimizer) on a batch of
     ``train.batch_tokens`` in each of :func:`~mt.runtime.auto_candidates`. The random streams
     (dropout) are put back afterwards: the run's updates are the same as without the probe."""
-    batch = probe_batch(cfg.train.batch_tokens, tokenizer, model.max_positions, device)
-    trial = copy.deepcopy(model).train()
-    optimizer = build_optimizer(trial, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
-    probes = {}
-    for precision in auto_candidates(device):
-        updater = Updater(
-            model=trial,
-            train_model=trial,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            loss=loss_functions(cfg.model.kernels),
-            cfg=cfg.train,
-            precision=precision,
-            device=device,
-            dist=DistContext(),
-            pad_id=tokenizer.pad_id,
-        )
-        probes[precision] = lambda u=updater: u.update([batch], batch.n_tgt_tokens)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        batch = probe_batch(cfg.train.batch_tokens, tokenizer, model.max_positions, device)
+        trial = copy.deepcopy(model).train()
+        optimizer = build_optimizer(trial, cfg.train)
+        scheduler = build_scheduler(optimizer, cfg.train)
+        probes = {}
+        for precision in auto_candidates(device):
+            updater = Updater(
+                model=trial,
+                train_model=trial,
+                optimizer=optimizer,
+                scheduler=scheduler,
+                loss=loss_functions(cfg.model.kernels),
+                cfg=cfg.train,
+                precision=precision,
+                device=device,
+                dist=DistContext(),
+                pad_id=tokenizer.pad_id,
+            )
+            probes[precision] = lambda u=updater: u.update([batch], batch.n_tgt_tokens)
         return choose_by_timing(probes, device)
 
 
