@@ -108,7 +108,9 @@ def measure(
             "seconds": round(seconds, 2),
         }
         if precision == "auto":
-            (choice,) = [c for (_, b, _), c in translator.precisions.choices.items() if b == beam]
+            choice = translator.precisions.choice(
+                batch_tokens=settings.batch_tokens, beam_size=beam
+            )
             result[name]["auto"] = choice.report()
     result["peak_memory_mb"] = round(peak_memory_mb(torch.device(device)), 1)
     return result

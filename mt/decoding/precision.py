@@ -23,10 +23,9 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import nn
 
-from mt.decoding.search import SpecialIds
+from mt.decoding.search import SpecialIds, start_state
 from mt.kernels import kernels_of
 from mt.kernels.packed import can_pack, pack_linears
-from mt.model.masks import padding_mask
 from mt.runtime import PrecisionChoice, auto_candidates, autocast, choose_by_timing
 
 log = logging.getLogger(__name__)
@@ -80,12 +79,19 @@ class PrecisionModels:
             self._copies[dtype] = held
         return held[2]
 
+    def _key(self, batch_tokens: int, beam_size: int) -> tuple:
+        return (batch_tokens, beam_size, self.device())
+
+    def choice(self, *, batch_tokens: int, beam_size: int) -> PrecisionChoice | None:
+        """What ``auto`` chose for this batch size and beam, if it was asked."""
+        return self.choices.get(self._key(batch_tokens, beam_size))
+
     def resolve(self, precision: str, *, batch_tokens: int, beam_size: int, ids: SpecialIds) -> str:
         """``precision``, or for ``auto`` the timed choice for this batch size and beam (made
         on first use, logged)."""
         if precision != "auto":
             return precision
-        key = (batch_tokens, beam_size, self.device())
+        key = self._key(batch_tokens, beam_size)
         if key not in self.choices:
             device = self.device()
             probes = {
@@ -121,16 +127,7 @@ def decode_probe(
     @torch.inference_mode()
     def probe() -> None:
         with context:
-            src_mask = padding_mask(src == ids.pad)  # (B, 1, 1, S)
-            memory = model.encode(src, src_mask)
-            if beam_size > 1:
-                memory = (
-                    [m.repeat_interleave(beam_size, 0) for m in memory]
-                    if isinstance(memory, list)
-                    else memory.repeat_interleave(beam_size, 0)
-                )  # (B*K, S, D)
-                src_mask = src_mask.repeat_interleave(beam_size, 0)
-            state = model.init_state(memory, src_mask)
+            state = start_state(model, src, ids, repeat=beam_size)
             tokens = torch.full((len(rows),), ids.bos, device=device)
             for _ in range(PROBE_STEPS):
                 tokens = model.decode_step(tokens, state).float().argmax(-1)

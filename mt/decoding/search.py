@@ -94,7 +94,9 @@ def check_interval(device: torch.device, check_every: int | None) -> int:
     return 1 if device.type == "cpu" else 8
 
 
-def _start(model: Searchable, src: Tensor, ids: SpecialIds, repeat: int = 1):
+def start_state(model: Searchable, src: Tensor, ids: SpecialIds, repeat: int = 1):
+    """Encode ``src`` (B, S) and the decoder state for it, each sentence's rows repeated
+    ``repeat`` times (beam search's K beams)."""
     src_mask = padding_mask(src == ids.pad)  # (B, 1, 1, S)
     memory = model.encode(src, src_mask)  # (B, S, D), or one per model of an ensemble
     if repeat > 1:
@@ -132,7 +134,7 @@ def greedy_search(
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
     max_lens = room_for_prefix(max_lens, prefix, ids.pad, model.max_positions - 1)
     longest = int(max_lens.max())
-    state = _start(model, src, ids)
+    state = start_state(model, src, ids)
     out = torch.full((batch_size, longest), ids.pad, dtype=torch.long, device=device)  # (B, L)
     lengths = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,) without EOS
     active = torch.arange(batch_size, device=device)  # (b,) original index of each row
@@ -287,7 +289,7 @@ def beam_search(
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
     max_lens = room_for_prefix(max_lens, prefix, ids.pad, model.max_positions - 1)
     longest = int(max_lens.max())
-    state = _start(model, src, ids, repeat=k)
+    state = start_state(model, src, ids, repeat=k)
     beams = Beams.start(src.size(0), k, longest, ids, device)
     for step in range(1, longest + 1):
         logits = model.decode_step(beams.prefixes[:, -1], state).float()  # (b*K, V)

@@ -32,11 +32,7 @@ def _cpu_packs_bf16() -> bool:
     ):
         return False
     try:
-        with torch.no_grad():
-            packed = ops._reorder_linear_weight(torch.ones(8, 8, dtype=torch.bfloat16), None)
-            ops._linear_pointwise(
-                torch.ones(2, 8, dtype=torch.bfloat16), packed, None, "none", [], ""
-            )
+        PackedLinear(nn.Linear(8, 8).to(torch.bfloat16))(torch.ones(2, 8, dtype=torch.bfloat16))
     except RuntimeError:  # e.g. "bf16 path needs the cpu support ... avx512bw"
         return False
     return True
