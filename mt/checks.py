@@ -62,6 +62,7 @@ def check_train(t: TrainConfig, m: ModelConfig) -> None:
     if t.lr_decay not in LR_DECAYS:
         raise ValueError(f"train.lr_decay={t.lr_decay!r} must be one of {', '.join(LR_DECAYS)}")
     _probability("train.label_smoothing", t.label_smoothing)
+    check_short_budget(t)
     if not t.rdrop_alpha >= 0:
         raise ValueError(f"train.rdrop_alpha={t.rdrop_alpha} must be 0 (off) or more")
     if t.rdrop_alpha > 0 and m.dropout == 0 and m.attention_dropout == 0:
@@ -69,6 +70,19 @@ def check_train(t: TrainConfig, m: ModelConfig) -> None:
             f"train.rdrop_alpha={t.rdrop_alpha} compares two dropout masks, but model.dropout "
             "and model.attention_dropout are 0: both passes would be identical. Set a dropout "
             "or train.rdrop_alpha=0"
+        )
+
+
+def check_short_budget(t: TrainConfig) -> None:
+    s = t.short_budget
+    if not (math.isfinite(s.below_epochs) and s.below_epochs >= 0):
+        raise ValueError(
+            f"train.short_budget.below_epochs={s.below_epochs} must be 0 (off) or more"
+        )
+    _probability("train.short_budget.dropout", s.dropout)
+    if not s.subword_alpha >= 0:
+        raise ValueError(
+            f"train.short_budget.subword_alpha={s.subword_alpha} must be 0 (off) or more"
         )
 
 

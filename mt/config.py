@@ -93,6 +93,21 @@ class ModelConfig:
 
 
 @dataclass
+class ShortBudgetConfig:
+    """Lighter regularisation for a budget that ends after few passes over the training split
+    (mt/training/budget_fit.py): such a model is still underfitting, and dropout and subword
+    sampling only slow it down."""
+
+    below_epochs: float = 0.0
+    """A budget of fewer passes than this (estimated before the first update; for
+    ``max_minutes`` from timed updates) trains with the values below; 0: off."""
+    dropout: float = 0.1
+    """``model.dropout`` for a short budget (unless model.dropout is given on the command line)."""
+    subword_alpha: float = 0.0
+    """``data.subword_alpha`` for a short budget (unless given on the command line)."""
+
+
+@dataclass
 class TrainConfig:
     """The optimisation loop: stopping, batching, schedule, validation."""
 
@@ -127,6 +142,7 @@ class TrainConfig:
     adam_eps: float = 1e-9
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
+    short_budget: ShortBudgetConfig = field(default_factory=ShortBudgetConfig)
     rdrop_alpha: float = 0.0
     """R-Drop (Liang et al. 2021): each batch goes through the model twice (two dropout masks,
     one forward of the doubled batch) and the loss per token is the mean of the two
@@ -244,8 +260,16 @@ def run_config_from_dict(raw: dict) -> RunConfig:
 
 
 def _build(cls: type, raw: dict) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in raw.items() if k in names})
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            continue
+        kind = known[key].type
+        values[key] = (
+            _build(kind, value) if is_dataclass(kind) and isinstance(value, dict) else value
+        )
+    return cls(**values)
 
 
 def from_hydra(cfg: Any) -> Any:

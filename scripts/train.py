@@ -40,7 +40,7 @@ def main(cfg: DictConfig) -> None:
         run_dir = hydra_cfg.runtime.output_dir
         trainer = None
         try:
-            trainer = Trainer(run, run_dir)
+            trainer = Trainer(run, run_dir, given=frozenset(given))
             metrics = trainer.fit()
         except TrainingInterrupted as stopped:
             print(f"interrupted: {stopped}", file=sys.stderr)

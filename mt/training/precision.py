@@ -59,20 +59,32 @@ def choose_training_precision(
         scheduler = build_scheduler(optimizer, cfg.train)
         probes = {}
         for precision in auto_candidates(device):
-            updater = Updater(
-                model=trial,
-                train_model=trial,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                loss=loss_functions(cfg.model.kernels),
-                cfg=cfg.train,
-                precision=precision,
-                device=device,
-                dist=DistContext(),
-                pad_id=tokenizer.pad_id,
-            )
+            updater = trial_updater(cfg, trial, optimizer, scheduler, precision, tokenizer.pad_id)
             probes[precision] = lambda u=updater: u.update([batch], batch.n_tgt_tokens)
         return choose_by_timing(probes, device)
+
+
+def trial_updater(
+    cfg: RunConfig,
+    trial: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    precision: str,
+    pad_id: int,
+) -> Updater:
+    """Updates of a copy of the run's model, in one process, for timing them."""
+    return Updater(
+        model=trial,
+        train_model=trial,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        loss=loss_functions(cfg.model.kernels),
+        cfg=cfg.train,
+        precision=precision,
+        device=next(trial.parameters()).device,
+        dist=DistContext(),
+        pad_id=pad_id,
+    )
 
 
 def probe_batch(

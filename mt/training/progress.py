@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mt.training.distributed import DistContext
+
 log = logging.getLogger("mt.training.trainer")
 
 
@@ -39,6 +41,8 @@ class Progress:
     tgt_tokens: int = 0
     nonfinite_updates: int = 0  # skipped updates, in total
     history: list[dict] = field(default_factory=list)
+    budget_fit: dict | None = None
+    """What ``train.short_budget`` estimated and chose when the run started (BudgetFit.report)."""
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Names the run in its checkpoints, so that tools combining checkpoints can tell runs apart."""
 
@@ -95,3 +99,24 @@ def stop_on_signals() -> Iterator[threading.Event]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def patience_exhausted(patience: int, p: Progress, dist: DistContext) -> bool:
+    """Whether the last ``train.patience`` validations all failed to beat the best score.
+
+    Called by every rank at the same points; rank 0 keeps the validation history during the
+    run, so its verdict is shared and all ranks stop together."""
+    if not patience:
+        return False
+    stale = sum(1 for h in p.history if h["step"] > p.best_step)
+    if not dist.max([float(stale >= patience)])[0]:
+        return False
+    log.info(
+        "no better validation score in the last %d validations (best %.2f at step %d): "
+        "training stops early (train.patience=%d)",
+        stale,
+        p.best_score,
+        p.best_step,
+        patience,
+    )
+    return True

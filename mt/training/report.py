@@ -60,6 +60,7 @@ def run_summary(
         },
         "data": {"train_pairs": stats.kept, "filtered": vars(stats)},
         "validation_history": p.history,
+        "budget_fit": p.budget_fit,
     }
 
 

@@ -28,7 +28,7 @@ from mt.kernels import loss_functions
 from mt.loggers import MetricLogger
 from mt.model.transformer import count_parameters
 from mt.runtime import set_seed
-from mt.training import distributed, report, setup
+from mt.training import budget_fit, distributed, report, setup
 from mt.training.budget import Budget
 from mt.training.checkpointing import (
     CheckpointFiles,
@@ -38,11 +38,11 @@ from mt.training.checkpointing import (
     training_payload,
 )
 from mt.training.optim import build_optimizer, build_scheduler
-from mt.training.precision import training_precision
 from mt.training.progress import (
     Meter,
     Progress,
     TrainingInterrupted,
+    patience_exhausted,
     sigterm_as_interrupt,
     stop_on_signals,
 )
@@ -56,8 +56,15 @@ class Trainer:
     """One training run in ``run_dir``; the config is read, never changed."""
 
     def __init__(
-        self, cfg: RunConfig, run_dir: str | Path, *, logger: MetricLogger | None = None
+        self,
+        cfg: RunConfig,
+        run_dir: str | Path,
+        *,
+        logger: MetricLogger | None = None,
+        given: frozenset[str] = frozenset(),
     ) -> None:
+        """``given``: the options set on the command line (``model.dropout``, ...), which
+        ``train.short_budget`` leaves as they are."""
         self.cfg = cfg
         self.device, self.dist = setup.choose_device(cfg)
         # Every rank works in rank 0's run directory (Hydra's timestamped default may differ).
@@ -65,18 +72,30 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.lock = RunLock(self.run_dir) if self.dist.is_main else None
         try:
-            self.build(cfg, logger)
+            self.build(cfg, logger, set(given))
         except BaseException:  # a bad option or file: the directory is free for the next try
             if self.lock is not None:
                 self.lock.release()
             raise
 
-    def build(self, cfg: RunConfig, logger: MetricLogger | None) -> None:
+    def build(self, cfg: RunConfig, logger: MetricLogger | None, given: set[str]) -> None:
         keep = max(cfg.train.keep_last, cfg.train.average_last)
         self.files = CheckpointFiles(self.run_dir, keep_last=keep)
         set_seed(cfg.seed)  # the same initial weights on every rank
         self.start = start = setup.starting_point(cfg, self.run_dir)
         self.data = setup.prepare_run_data(cfg, self.run_dir, self.dist, start.tokenizer)
+        # The precision, and the regularisation for the budget (mt/training/budget_fit.py).
+        fitted = budget_fit.fit_run(
+            cfg,
+            given=given,
+            state=start.state,
+            data=self.data,
+            device=self.device,
+            dist=self.dist,
+            run_dir=self.run_dir,
+        )
+        self.cfg = cfg = fitted.cfg
+        self.data, self.precision, self.budget_fit = fitted.data, fitted.precision, fitted.fit
         self.tokenizer = self.data.tokenizer
         self.model = setup.build_run_model(cfg, self.tokenizer, self.device)
         setup.start_weights(self.model, start)
@@ -86,6 +105,8 @@ class Trainer:
         self.stopped_early = False  # by train.patience
         self.attention_plots = cfg.train.val_attention_plot  # off if matplotlib is missing
         self.updater = self.build_updater(start.state, source=str(start.source))
+        if self.budget_fit is not None:  # a fresh run (a resumed one restored its own)
+            self.progress.budget_fit = self.budget_fit.report()
         if self.dist.rank:
             torch.manual_seed(cfg.seed + 1_000_003 * self.dist.rank)  # own dropout masks
         self.logger = logger or setup.run_logger(self.run_dir, self.dist, self.progress.step)
@@ -106,7 +127,6 @@ class Trainer:
         scheduler = build_scheduler(
             optimizer, cfg.train, lambda steps: self.budget.spent(steps, self.progress)
         )
-        precision = training_precision(cfg, self.model, self.tokenizer, self.dist, state)
         updater = Updater(
             model=self.model,
             train_model=setup.wrap_for_training(self.model, cfg, self.dist, self.device),
@@ -114,7 +134,7 @@ class Trainer:
             scheduler=scheduler,
             loss=loss_functions(cfg.model.kernels),
             cfg=cfg.train,
-            precision=precision,
+            precision=self.precision,
             device=self.device,
             dist=self.dist,
             pad_id=self.tokenizer.pad_id,
@@ -176,27 +196,6 @@ class Trainer:
         if improved:
             p.best_score, p.best_step = current, p.step
         self.save(best=improved)
-
-    def patience_exhausted(self) -> bool:
-        """Whether the last ``train.patience`` validations all failed to beat the best score.
-
-        Called by every rank at the same points; rank 0 keeps the validation history during
-        the run, so its verdict is shared and all ranks stop together."""
-        patience, p = self.cfg.train.patience, self.progress
-        if not patience:
-            return False
-        stale = sum(1 for h in p.history if h["step"] > p.best_step)
-        if not self.dist.max([float(stale >= patience)])[0]:
-            return False
-        log.info(
-            "no better validation score in the last %d validations (best %.2f at step %d): "
-            "training stops early (train.patience=%d)",
-            stale,
-            p.best_score,
-            p.best_step,
-            patience,
-        )
-        return True
 
     # -- checkpoints ------------------------------------------------------------------------------
 
@@ -264,7 +263,7 @@ class Trainer:
         self.interrupted = interrupted
         self.budget.start(p)
         self.budget.clock_spent = self.dist.max([self.budget.clock_fraction()])[0]
-        self.stopped_early = self.patience_exhausted()
+        self.stopped_early = patience_exhausted(t.patience, p, self.dist)
         if p.step and (self.stopped_early or self.budget.limit_reached(p)):
             return False  # resumed after training had ended (e.g. a crash during the test pass)
         self.bar = tqdm(
@@ -359,7 +358,7 @@ class Trainer:
             m.start += paused  # speeds exclude validation
             p.validation_seconds += paused
             p.train_seconds = self.budget.seconds()  # validation included, as in the budget
-            if self.patience_exhausted():
+            if patience_exhausted(t.patience, p, self.dist):
                 self.stopped_early = True
                 return False
         elif p.step % t.save_every_steps == 0 or stop:
