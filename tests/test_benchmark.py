@@ -154,9 +154,12 @@ def test_the_benchmark_reports_what_training_precision_auto_chose(tmp_path):
     train = data["train"]
     auto = train["auto"]
     assert train["precision"] == auto["chosen"] in ("fp32", "bf16")
-    assert set(auto["probe_ms"]) == CANDIDATES and auto["probe_speedup_vs_fp32"] >= 1
+    # The candidates are the benchmark process's own: whether bf16 is hopeless is timed in each
+    # process, and on a loaded machine two processes may judge a borderline CPU differently.
+    candidates = set(auto["probe_ms"])
+    assert "fp32" in candidates <= {"fp32", "bf16"} and auto["probe_speedup_vs_fp32"] >= 1
     # Every candidate timed in the steady state too, the chosen one as ``ours``.
-    assert set(auto["tgt_tokens_per_s"]) == CANDIDATES and auto["speedup_vs_fp32"] > 0
+    assert set(auto["tgt_tokens_per_s"]) == candidates and auto["speedup_vs_fp32"] > 0
     assert auto["tgt_tokens_per_s"][auto["chosen"]] == train["tgt_tokens_per_s"]
 
 
