@@ -241,3 +241,9 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def forked_rng(device: torch.device):
+    """The random streams forked for work that must not draw from the run's (timing probes,
+    models built only to be timed): CPU, and ``device`` when it is a GPU."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])

@@ -28,7 +28,7 @@ from mt.checks import check_data
 from mt.config import RunConfig, run_config_from_dict
 from mt.data.batching import ParallelData
 from mt.data.corpus import PreparedData
-from mt.runtime import sync
+from mt.runtime import forked_rng, sync
 from mt.training import setup
 from mt.training.distributed import DistContext
 from mt.training.optim import build_optimizer, build_scheduler
@@ -166,7 +166,7 @@ def fit_run(
     """Resolve ``train.precision`` and fit the regularisation to the budget, timing a model
     built only for that from a forked random stream (the run's initial weights stay the same).
     Data sampled with another ``data.subword_alpha`` than the fit's is prepared again."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         probe = setup.build_run_model(cfg, data.tokenizer, device)
     precision = training_precision(cfg, probe, data.tokenizer, dist, state)
     fitted, fit = fitted_config(cfg, given, state, data, probe, precision, dist)
@@ -226,7 +226,7 @@ def estimate_epochs(
 
     def pace() -> float:
         device = next(model.parameters()).device
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with forked_rng(device):
             trial = copy.deepcopy(model).train()
             optimizer = build_optimizer(trial, t)
             updater = trial_updater(

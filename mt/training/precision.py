@@ -17,7 +17,7 @@ from mt.config import RunConfig
 from mt.data.batching import Batch
 from mt.data.tokenizer import Tokenizer
 from mt.kernels import loss_functions
-from mt.runtime import PrecisionChoice, auto_candidates, choose_by_timing
+from mt.runtime import PrecisionChoice, auto_candidates, choose_by_timing, forked_rng
 from mt.training.distributed import DistContext
 from mt.training.optim import build_optimizer, build_scheduler
 from mt.training.updates import Updater
@@ -52,7 +52,7 @@ def choose_training_precision(
     """Time a few updates of a copy of ``model`` (its own optimizer) on a batch of
     ``train.batch_tokens`` in each of :func:`~mt.runtime.auto_candidates`. The random streams
     (dropout) are put back afterwards: the run's updates are the same as without the probe."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with forked_rng(device):
         batch = probe_batch(cfg.train.batch_tokens, tokenizer, model.max_positions, device)
         trial = copy.deepcopy(model).train()
         optimizer = build_optimizer(trial, cfg.train)
