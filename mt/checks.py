@@ -40,7 +40,13 @@ def check_model(m: ModelConfig) -> None:
 
 
 def check_train(t: TrainConfig, m: ModelConfig) -> None:
-    counts = ["batch_tokens", "val_every_steps", "log_every_steps", "save_every_steps"]
+    counts = [
+        "batch_tokens",
+        "val_every_steps",
+        "log_every_steps",
+        "save_every_steps",
+        "progress_every_steps",
+    ]
     _positive("train.", t, counts + ["max_nonfinite_updates", "accum_steps"])
     check_precision("train.precision", t.precision)
     for name in ("keep_last", "patience", "average_last", "warmup_steps"):

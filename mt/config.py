@@ -182,6 +182,9 @@ class TrainConfig:
     num_threads: int | None = None
     """CPU threads for torch (None: torch's default, one per core)."""
     progress_bar: bool = True
+    """Show where the run is in its budget: a bar on a terminal, else a log line every
+    ``progress_every_steps`` updates (mt/training/progress_display.py)."""
+    progress_every_steps: int = 100
     test_at_end: bool = True
     """Translate and score the test split when training ends (false: for sweeps and speed
     comparisons, where only the validation split may be looked at)."""

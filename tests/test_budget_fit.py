@@ -65,6 +65,21 @@ def test_a_short_budget_regularises_lightly_and_given_options_stay(tmp_path):
     assert not fit_to_budget(cfg, math.inf, set())[1].short
 
 
+def test_the_start_up_line_names_the_updates_and_the_choice(tmp_path):
+    cfg = with_short_budget(small_run(tmp_path, max_steps=5000, max_minutes=50.0), 20)
+    # 50 min at 1.45 s per update: ~2,069 updates, nearer than the 5,000-step limit.
+    _, fit = fit_to_budget(cfg, 2069 / 150, set(), pace=1.45, updates_per_epoch=150)
+    assert fit.describe() == (
+        "about 2,069 updates in 50 min (1.45 s each, ~13.8 passes over the training split): "
+        "a short budget, model.dropout=0.05 data.subword_alpha=0"
+    )
+    assert fit.report()["updates"] == 2069
+    # A fast machine: the 5,000 steps end the run first.
+    _, fit = fit_to_budget(cfg, 5000 / 150, set(), pace=0.2, updates_per_epoch=150)
+    assert fit.describe().startswith("about 5,000 updates (0.20 s each, ~33.3 passes")
+    assert "a long budget, model.dropout=0.3" in fit.describe()
+
+
 def test_seconds_per_update_times_real_batches(tmp_path):
     cfg = small_run(tmp_path)
     trainer = Trainer(cfg, tmp_path / "run", logger=ListLogger())

@@ -51,14 +51,21 @@ class BudgetFit:
     subword_alpha: float
     seconds_per_update: float | None = None
     """From the timed updates (only with ``train.max_minutes``)."""
+    updates: float = math.inf
+    """Updates the budget allows (``epochs`` x updates per epoch)."""
+    minutes: float | None = None
+    """``train.max_minutes``, when the clock is the nearest limit."""
 
     def describe(self) -> str:
-        pace = f", {self.seconds_per_update:.2f} s per update" if self.seconds_per_update else ""
+        if math.isinf(self.epochs):
+            return "no limit known: the values as configured"
+        within = f" in {self.minutes:g} min" if self.minutes else ""
+        pace = f"{self.seconds_per_update:.2f} s each, " if self.seconds_per_update else ""
         kind = "short" if self.short else "long"
         return (
-            f"the budget allows ~{self.epochs:.1f} passes over the training split{pace}: a "
-            f"{kind} budget, model.dropout={self.dropout:g} data.subword_alpha="
-            f"{self.subword_alpha:g}"
+            f"about {self.updates:,.0f} updates{within} ({pace}~{self.epochs:.1f} passes over "
+            f"the training split): a {kind} budget, model.dropout={self.dropout:g} "
+            f"data.subword_alpha={self.subword_alpha:g}"
         )
 
     def report(self) -> dict:
@@ -70,6 +77,7 @@ class BudgetFit:
             "dropout": self.dropout,
             "subword_alpha": self.subword_alpha,
             "seconds_per_update": None if pace is None else round(pace, 4),
+            "updates": None if math.isinf(self.updates) else round(self.updates),
         }
 
 
@@ -93,7 +101,11 @@ def budget_epochs(
 
 
 def fit_to_budget(
-    cfg: RunConfig, epochs: float, given: set[str], pace: float | None = None
+    cfg: RunConfig,
+    epochs: float,
+    given: set[str],
+    pace: float | None = None,
+    updates_per_epoch: float = 1.0,
 ) -> tuple[RunConfig, BudgetFit]:
     """``cfg`` with the short budget's dropout and subword sampling when ``epochs`` is under
     ``train.short_budget.below_epochs``, except for options in ``given`` (the command line's)."""
@@ -109,7 +121,13 @@ def fit_to_budget(
         model=replace(cfg.model, dropout=dropout),
         data=replace(cfg.data, subword_alpha=alpha),
     )
-    return fitted, BudgetFit(epochs, short, dropout, alpha, pace)
+    t = cfg.train
+    clock_nearest = pace is not None and (
+        t.max_minutes * 60 / pace / updates_per_epoch <= epochs * (1 + 1e-9)
+    )
+    minutes = t.max_minutes if clock_nearest else None
+    fit = BudgetFit(epochs, short, dropout, alpha, pace, epochs * updates_per_epoch, minutes)
+    return fitted, fit
 
 
 def seconds_per_update(
@@ -201,8 +219,8 @@ def fitted_config(
     estimate = None
     if dist.is_main:
         estimate = estimate_epochs(cfg, data.train, probe, precision, dist.world_size)
-    epochs, pace = dist.gather(estimate)[0]
-    fitted, fit = fit_to_budget(cfg, epochs, given, pace)
+    epochs, pace, updates_per_epoch = dist.gather(estimate)[0]
+    fitted, fit = fit_to_budget(cfg, epochs, given, pace, updates_per_epoch)
     check_data(fitted.data)
     log.info("train.short_budget: %s", fit.describe())
     return fitted, fit
@@ -216,9 +234,10 @@ def _kept(cfg: RunConfig, started: RunConfig, given: set[str], option: str) -> f
 
 def estimate_epochs(
     cfg: RunConfig, train: ParallelData, model: torch.nn.Module, precision: str, world_size: int
-) -> tuple[float, float | None]:
+) -> tuple[float, float | None, float]:
     """:func:`budget_epochs` for this run: its batches per epoch (of the deterministic
-    segmentation), and updates timed on a copy of ``model`` with its own optimizer."""
+    segmentation), and updates timed on a copy of ``model`` with its own optimizer; and the
+    updates per epoch."""
     fixed = getattr(train, "fixed", train)  # sampled subwords: the deterministic encoding
     t = cfg.train
     n_batches = len(fixed.batch_groups(t.batch_tokens, np.random.default_rng(cfg.seed)))
@@ -246,4 +265,4 @@ def estimate_epochs(
                 device=device,
             )
 
-    return budget_epochs(cfg, updates_per_epoch, pace)
+    return (*budget_epochs(cfg, updates_per_epoch, pace), updates_per_epoch)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from mt.checkpoint import load_checkpoint, load_weights, model_payload
 from mt.config import RunConfig
@@ -46,6 +45,7 @@ from mt.training.progress import (
     sigterm_as_interrupt,
     stop_on_signals,
 )
+from mt.training.progress_display import ProgressDisplay
 from mt.training.updates import Updater
 from mt.training.validation import Validator
 
@@ -191,6 +191,7 @@ class Trainer:
         if self.attention_plots and self.data.val.sources:
             self.attention_plots = self.validator.log_attention(self.logger, p.step)
         p.history.append({"step": p.step, **metrics})
+        self.display.validated(metrics, p.step)
         current = metrics.get("val/bleu", -metrics["val/loss"])
         improved = current > p.best_score
         if improved:
@@ -266,13 +267,11 @@ class Trainer:
         self.stopped_early = patience_exhausted(t.patience, p, self.dist)
         if p.step and (self.stopped_early or self.budget.limit_reached(p)):
             return False  # resumed after training had ended (e.g. a crash during the test pass)
-        self.bar = tqdm(
-            total=t.max_steps,
-            initial=p.step,
-            disable=not (t.progress_bar and self.dist.is_main),
-            unit="step",
-            mininterval=2.0,
-            dynamic_ncols=True,
+        self.display = ProgressDisplay(
+            self.budget,
+            enabled=t.progress_bar and self.dist.is_main,
+            every_steps=t.progress_every_steps,
+            initial=p,
         )
         self.meter = Meter(torch.zeros((), device=self.device))
         self.validated_at = p.history[-1]["step"] if p.history else -1
@@ -282,7 +281,7 @@ class Trainer:
         try:
             ended = self.train_epochs()
         finally:
-            self.bar.close()
+            self.display.close()
             self.data.train.close()  # background workers (streaming, subword sampling)
         if ended is not None:
             return ended
@@ -328,7 +327,7 @@ class Trainer:
             p.batch_in_epoch = update.stop
             self.meter.tokens += global_tokens
             self.meter.local_tokens += sum(b.n_tgt_tokens for b in mine)
-            self.bar.update(1)
+            self.display.update(p)
             ended = self.after_update()
             if ended is not None:
                 return ended
@@ -368,7 +367,7 @@ class Trainer:
     def log_training(self, loss: float, speed: float) -> None:
         p, lr = self.progress, self.updater.scheduler.get_last_lr()[0]
         self.logger.log_dict(report.training_metrics(loss, speed, lr, p), p.step)
-        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:.0f}", epoch=p.epoch + 1)
+        self.display.trained(loss, speed)
 
     # -- the end ----------------------------------------------------------------------------------
 
