@@ -93,7 +93,7 @@ class Batcher:
                     return
                 try:
                     waiting.append(await asyncio.wait_for(self.queue.get(), left))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                     return
             else:
                 waiting.append(self.queue.get_nowait())
