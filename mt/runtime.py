@@ -2,7 +2,6 @@
 
 import ctypes
 import ctypes.util
-import functools
 import math
 import os
 import random
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from mt.cpu import has_bf16_vector_products
 
 
 def resolve_device(name: str) -> torch.device:
@@ -57,31 +58,16 @@ class PrecisionChoice:
 
 def auto_candidates(device: torch.device) -> list[str]:
     """What ``auto`` chooses among: fp32, and bf16 where the device computes in it: a CUDA GPU
-    that supports it; a CPU unless its bf16 matrix products are hopeless
-    (:func:`cpu_bf16_is_hopeless`). With bf16 units (AVX512-BF16, AMX, ARM's BF16) bf16 is fast,
-    with AVX-512 alone somewhat slower than fp32, and the probe tells which. fp16 is never
-    chosen automatically: it needs a loss scaler and can still overflow."""
+    that supports it; a CPU with vector bf16 kernels (mt/cpu.py, from its flags and oneDNN's
+    ISA limit, so the same on a busy machine). With bf16 units (AVX512-BF16, AMX, ARM's BF16)
+    bf16 is fast, with AVX-512 alone somewhat slower than fp32, and the probe tells which; with
+    AVX2 alone it is many times slower and not even timed. fp16 is never chosen automatically:
+    it needs a loss scaler and can still overflow."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return ["fp32", "bf16"]
-    if device.type == "cpu" and not cpu_bf16_is_hopeless():
+    if device.type == "cpu" and has_bf16_vector_products():
         return ["fp32", "bf16"]
     return ["fp32"]
-
-
-HOPELESS_BF16 = 0.5
-"""bf16 matrix products at under this fraction of fp32's speed cannot win a step that is mostly
-matrix products."""
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_bf16_is_hopeless() -> bool:
-    """Whether a small (256 x 256) bf16 matrix product runs at under ``HOPELESS_BF16`` of fp32's
-    speed on this CPU, timed once per process (milliseconds). Where oneDNN has no vector bf16
-    kernel (AVX2 only) bf16 products are many times slower (benchmarks/README.md), and even
-    timing one bf16 training step would take long, so ``auto`` does not try."""
-    return matmul_seconds(torch.bfloat16, 256, 3) * HOPELESS_BF16 > matmul_seconds(
-        torch.float32, 256, 3
-    )
 
 
 def choose_by_timing(

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.bench.benchmark import KERNEL_ENVIRONMENT, MATRIX_FLAGS
+from mt.bench.benchmark import KERNEL_ENVIRONMENT
 from mt.checkpoint import model_payload, save_checkpoint
 from mt.config import DataConfig, ModelConfig, RunConfig
+from mt.cpu import MATRIX_FLAGS
 from mt.data.tokenizer import Tokenizer
 from mt.model.transformer import build_model
 from mt.runtime import auto_candidates

@@ -2,6 +2,7 @@
 then translated by both engines on the same lines."""
 
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -119,18 +120,27 @@ def test_float32_beam_matches_in_bleu_scores_and_n_best(trained):
     _, _, test, refs = trained
     ours, theirs = both(trained, beam_size=5, n_best=3)
     a, b = ours.translate_nbest(test), theirs.translate_nbest(test)
-    bleu_a = score([n[0].text for n in a], refs).bleu
-    bleu_b = score([n[0].text for n in b], refs).bleu
+    tok = ours.tokenizer
+
+    def at_cap(i: int, text: str) -> bool:
+        cap = int((len(tok.encode([test[i]])[0]) + 1) * 1.5 + 10)
+        return len(tok.encode([text])[0]) >= cap - 2
+
+    # At the length cap mt scores a forced EOS and CTranslate2 does not (mt/decoding/
+    # ctranslate2.py), so a hypothesis running to the cap may win in one engine only: BLEU
+    # is compared without those lines (one of 500 short lines moves BLEU by ~0.5).
+    capped = {i for i in range(len(test)) if at_cap(i, a[i][0].text) or at_cap(i, b[i][0].text)}
+    assert len(capped) <= len(test) // 50
+    kept = [i for i in range(len(test)) if i not in capped]
+    bleu_a = score([a[i][0].text for i in kept], [refs[i] for i in kept]).bleu
+    bleu_b = score([b[i][0].text for i in kept], [refs[i] for i in kept]).bleu
     assert abs(bleu_a - bleu_b) <= 0.2, (bleu_a, bleu_b)
     same = [i for i in range(len(test)) if a[i][0].text == b[i][0].text]
     assert len(same) >= 0.95 * len(test)
-    tok = ours.tokenizer
     for i in same:  # one length penalty definition, PAD and BOS out of both softmaxes
         assert len(b[i]) == 3
-        cap = int((len(tok.encode([test[i]])[0]) + 1) * 1.5 + 10)
-        if len(tok.encode([a[i][0].text])[0]) >= cap - 2:
-            continue  # at the cap mt scores a forced EOS, CTranslate2 does not (documented)
-        assert b[i][0].score == pytest.approx(a[i][0].score, abs=5e-4)  # float rounding
+        if i not in capped:
+            assert b[i][0].score == pytest.approx(a[i][0].score, abs=5e-4)  # float rounding
 
 
 def test_int8_is_within_half_a_bleu_point_of_float32(trained):
@@ -138,11 +148,32 @@ def test_int8_is_within_half_a_bleu_point_of_float32(trained):
     dec = DecodeConfig(beam_size=5)
     fp32, _ = load_translator(exports["float32"], dec)
     int8, _ = load_translator(exports["int8"], dec)
-    assert int8.engine == "ctranslate2 (int8)"
+    assert int8.engine.startswith("ctranslate2 (int8")  # float32 compute without VNNI
     delta = score(int8.translate(test), refs).bleu - score(fp32.translate(test), refs).bleu
     assert abs(delta) <= 0.5
     size = (exports["int8"] / "model.bin").stat().st_size  # the positional tables stay float32
     assert size <= (exports["float32"] / "model.bin").stat().st_size / 2
+
+
+def test_int8_without_vnni_is_computed_in_float32(trained, monkeypatch, caplog):
+    """Without VNNI (oneDNN held to AVX2 stands in on any x86 CPU) CTranslate2's int8 kernels
+    add pairs of products in saturating 16-bit lanes (mt/export/exported.py): the int8
+    weights are computed in float32 there, with one warning, unless asked otherwise."""
+    checkpoint, exports, test, refs = trained
+    monkeypatch.setattr("mt.cpu.is_x86", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    with caplog.at_level(logging.WARNING, logger="mt.export.exported"):
+        int8, _ = load_translator(exports["int8"], DecodeConfig(beam_size=5))
+    assert int8.engine == "ctranslate2 (int8 weights, float32 compute)"
+    assert "no VNNI" in caplog.text and "MT_INT8_WITHOUT_VNNI=1" in caplog.text
+    monkeypatch.setenv("MT_INT8_WITHOUT_VNNI", "1")
+    forced, _ = load_translator(exports["int8"], DecodeConfig(beam_size=5))
+    assert forced.engine == "ctranslate2 (int8)"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    monkeypatch.setattr("mt.cpu.cpu_flags", lambda: ["avx2", "avx512f", "avx512_vnni"])
+    assert load_translator(exports["float32"], DecodeConfig())[0].engine == "ctranslate2 (float32)"
+    monkeypatch.delenv("MT_INT8_WITHOUT_VNNI")
+    assert load_translator(exports["int8"], DecodeConfig())[0].engine == "ctranslate2 (int8)"
 
 
 @pytest.mark.parametrize("beam_size", [1, 4])

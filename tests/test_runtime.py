@@ -46,9 +46,9 @@ def test_auto_candidates_are_fp32_and_bf16_where_the_device_computes_in_bf16(mon
     from mt.runtime import auto_candidates, autocast
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(runtime, "cpu_bf16_is_hopeless", lambda: False)
+    monkeypatch.setattr(runtime, "has_bf16_vector_products", lambda: True)
     assert auto_candidates(cpu) == ["fp32", "bf16"]  # the probe tells which is faster
-    monkeypatch.setattr(runtime, "cpu_bf16_is_hopeless", lambda: True)
+    monkeypatch.setattr(runtime, "has_bf16_vector_products", lambda: False)
     assert auto_candidates(cpu) == ["fp32"]  # no vector bf16 kernels: not even tried
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert auto_candidates(gpu) == ["fp32", "bf16"]
@@ -60,16 +60,15 @@ def test_auto_candidates_are_fp32_and_bf16_where_the_device_computes_in_bf16(mon
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_hopeless_bf16_is_a_measured_matmul_ratio(monkeypatch):
-    from mt import runtime
+def test_with_onednn_held_to_avx2_the_only_candidate_is_fp32(monkeypatch):
+    """Decided from the CPU's flags and oneDNN's limit, whatever the timing or the load."""
+    from mt import cpu, runtime
 
-    assert runtime.matmul_seconds(torch.bfloat16, size=64, repeats=1) > 0
-    for bf16_seconds, expected in ((1.0, False), (1.9, False), (2.5, True)):  # fp32 takes 1 s
-        runtime.cpu_bf16_is_hopeless.cache_clear()
-        fake = {torch.float32: 1.0, torch.bfloat16: bf16_seconds}
-        monkeypatch.setattr(runtime, "matmul_seconds", lambda dtype, *_a, fake=fake: fake[dtype])
-        assert runtime.cpu_bf16_is_hopeless() is expected
-    runtime.cpu_bf16_is_hopeless.cache_clear()
+    monkeypatch.setattr(cpu, "is_x86", lambda: True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setattr(runtime, "matmul_seconds", lambda *a, **k: 1 / 0)  # never timed
+    for _ in range(3):
+        assert runtime.auto_candidates(torch.device("cpu")) == ["fp32"]
 
 
 def test_timing_probes_leave_the_random_streams_alone():
@@ -77,8 +76,7 @@ def test_timing_probes_leave_the_random_streams_alone():
 
     state = torch.get_rng_state()
     runtime.matmul_seconds(torch.float32, size=32, repeats=1)
-    runtime.cpu_bf16_is_hopeless.cache_clear()
-    runtime.cpu_bf16_is_hopeless()
+    runtime.matmul_seconds(torch.bfloat16, size=32, repeats=1)
     assert torch.equal(torch.get_rng_state(), state)  # dropout masks stay as they would be
 
 

@@ -6,7 +6,6 @@ import dataclasses
 import pytest
 import torch
 
-from mt import runtime
 from mt.checkpoint import load_checkpoint
 from mt.loggers import ListLogger
 from mt.runtime import PrecisionChoice, auto_candidates
@@ -21,7 +20,6 @@ def test_the_probe_times_real_updates_of_a_copy(tmp_path, tokenizer):
     cfg = small_run(tmp_path, precision="auto")
     model = small_model(vocab_size=tokenizer.vocab_size)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    runtime.cpu_bf16_is_hopeless.cache_clear()  # its first timing runs inside the probe too
     rng = torch.get_rng_state()
     choice = choose_training_precision(cfg, model, tokenizer, torch.device("cpu"))
     assert choice.precision in ("fp32", "bf16")
@@ -47,7 +45,6 @@ def test_an_auto_run_that_chose_fp32_trains_exactly_as_an_fp32_run(tmp_path, mon
     fp32 = small_run(tmp_path, max_steps=4)
     auto = dataclasses.replace(fp32, train=dataclasses.replace(fp32.train, precision="auto"))
     Trainer(fp32, tmp_path / "fp32", logger=ListLogger()).fit()
-    runtime.cpu_bf16_is_hopeless.cache_clear()  # as in a fresh process
     Trainer(auto, tmp_path / "auto", logger=ListLogger()).fit()
     assert len(calls) == 1  # the fp32 run does not probe
     a, b = (load_checkpoint(tmp_path / run / "last.pt") for run in ("fp32", "auto"))

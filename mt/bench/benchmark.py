@@ -19,6 +19,7 @@ from mt.bench.decoding_speed import benchmark_decoding
 from mt.bench.training_speed import benchmark_training
 from mt.checkpoint import load_model
 from mt.commands import BenchmarkRunConfig
+from mt.cpu import cpu_flags
 from mt.data.prepare import prepare_data
 from mt.runtime import set_seed, use_device
 
@@ -36,21 +37,6 @@ def machine_description(device: torch.device) -> str:
     except (OSError, StopIteration):
         name = "unknown CPU"
     return f"{name}, {torch.get_num_threads()} threads"
-
-
-MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's flags that decide its matrix kernels (as ``lscpu`` lists them), in a fixed
-    order: which of fp32 / bf16 / AMX paths this machine has."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    line = next((x for x in cpuinfo.splitlines() if x.startswith("flags")), "")
-    present = set(line.partition(":")[2].split())
-    return [flag for flag in MATRIX_FLAGS if flag in present]
 
 
 KERNEL_ENVIRONMENT = (

@@ -48,7 +48,10 @@ class CTranslate2Translator(Translator):
 
     @property
     def engine(self) -> str:
-        return f"ctranslate2 ({self.exported.metadata['quantization']})"
+        quantization = self.exported.metadata["quantization"]
+        if self.exported.compute_type != "default":  # int8 weights on a CPU without VNNI
+            return f"ctranslate2 ({quantization} weights, {self.exported.compute_type} compute)"
+        return f"ctranslate2 ({quantization})"
 
     def _inference(self):
         return nullcontext()

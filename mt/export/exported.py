@@ -2,14 +2,18 @@
 and the ``mt`` config and scores recorded beside it."""
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mt.config import RunConfig, run_config_from_dict
+from mt.cpu import has_int8_dot_products
 from mt.data.tokenizer import Tokenizer
 from mt.export.convert import EXPORT_VERSION, METADATA, SPM_MODEL
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -19,6 +23,9 @@ class ExportedModel:
     config: RunConfig
     tokenizer: Tokenizer
     engine: Any  # ctranslate2.Translator
+    compute_type: str = "default"
+    """CTranslate2's: ``default`` (the exported type), or ``float32`` for int8 weights on a CPU
+    without int8 dot products (:func:`int8_compute_type`)."""
 
     @property
     def max_positions(self) -> int:
@@ -65,9 +72,14 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
     import ctranslate2
 
     threads = threads or len(os.sched_getaffinity(0))
+    compute_type = int8_compute_type(metadata["quantization"], path)
     try:
         engine = ctranslate2.Translator(
-            str(path), device="cpu", compute_type="default", inter_threads=threads, intra_threads=1
+            str(path),
+            device="cpu",
+            compute_type=compute_type,
+            inter_threads=threads,
+            intra_threads=1,
         )
     except (RuntimeError, ValueError) as err:
         raise ValueError(f"CTranslate2 cannot load {path}: {err}") from None
@@ -77,4 +89,34 @@ def load_exported(path: str | Path, threads: int | None = None) -> ExportedModel
         config=run_config_from_dict(metadata["config"]),
         tokenizer=Tokenizer.load(path / SPM_MODEL),
         engine=engine,
+        compute_type=compute_type,
     )
+
+
+INT8_WITHOUT_VNNI = "MT_INT8_WITHOUT_VNNI"
+"""Set to 1 to compute int8 exports with int8 kernels even on a CPU without VNNI."""
+
+
+def int8_compute_type(quantization: str, path: Path) -> str:
+    """``default`` (the exported type), except for int8 weights on a CPU without int8 dot
+    products (mt/cpu.py): there CTranslate2's int8 kernels add pairs of products in saturating
+    16-bit lanes and lose up to whole BLEU points, so the int8 weights are computed in float32
+    instead (the same translations as on a VNNI CPU, at float32's speed) unless
+    ``MT_INT8_WITHOUT_VNNI=1`` asks for the int8 kernels anyway."""
+    if not quantization.startswith("int8") or has_int8_dot_products():
+        return "default"
+    if os.environ.get(INT8_WITHOUT_VNNI) == "1":
+        log.warning(
+            "%s: int8 kernels on a CPU without VNNI (%s=1): large activations saturate and "
+            "translations may be worse than the float32 export's",
+            path,
+            INT8_WITHOUT_VNNI,
+        )
+        return "default"
+    log.warning(
+        "%s: this CPU has no VNNI, where int8 kernels saturate and lose accuracy; the int8 "
+        "weights are computed in float32 (float32's speed). %s=1 uses the int8 kernels anyway",
+        path,
+        INT8_WITHOUT_VNNI,
+    )
+    return "float32"
