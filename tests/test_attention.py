@@ -45,10 +45,10 @@ def test_multi_head_attention_matches_formula():
     mha = MultiHeadAttention(d_model=16, n_heads=4).eval()
     x, mem = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
     mask = padding_mask(torch.tensor([[False] * 7, [False] * 4 + [True] * 3]))
-    out, none = mha(x, mem, mask=mask)
+    out, none = mha(x, kv=mha.project_kv(mem), mask=mask)
     assert none is None  # weights only when asked for
     mha.need_weights = True
-    again, weights = mha(x, mem, mask=mask)
+    again, weights = mha(x, kv=mha.project_kv(mem), mask=mask)
     q = mha.split_heads(mha.q_proj(x))
     k, v = mha.project_kv(mem)
     ref, ref_weights = by_hand(q, k, v, mask)

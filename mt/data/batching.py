@@ -247,12 +247,9 @@ class ParallelData:
     def close(self) -> None:
         """Nothing to release (the streamed and sampled training data hold workers)."""
 
-    def batches(
-        self, batch_tokens: int, rng: np.random.Generator | None = None, *, skip: int = 0
-    ) -> Iterator[Batch]:
-        """One pass over the data; batches are collated as they are consumed. ``skip`` passes
-        over the first batches without collating them (resuming in the middle of an epoch)."""
-        for group in self.batch_groups(batch_tokens, rng)[skip:]:
+    def batches(self, batch_tokens: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
+        """One pass over the data; batches are collated as they are consumed."""
+        for group in self.batch_groups(batch_tokens, rng):
             yield self.collate(group)
 
     def batch_groups(

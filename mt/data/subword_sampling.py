@@ -153,12 +153,10 @@ class SampledTrainData:
         if skip == 0:
             yield self.epoch_data(epoch)
 
-    def batches(
-        self, batch_tokens: int, rng: np.random.Generator | None = None, *, skip: int = 0
-    ) -> Iterator[Batch]:
+    def batches(self, batch_tokens: int, rng: np.random.Generator | None = None) -> Iterator[Batch]:
         """Batches of the first epoch's segmentation (for callers that want one pass, such as
         the benchmark: nothing is prepared ahead)."""
-        return self._encode(0).batches(batch_tokens, rng, skip=skip)
+        return self._encode(0).batches(batch_tokens, rng)
 
     def close(self) -> None:
         """Stop the background encoding (an epoch being encoded is finished first)."""

@@ -32,9 +32,6 @@ class Tokenizer:
     def encode(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode(texts, out_type=int)
 
-    def encode_pieces(self, text: str) -> list[str]:
-        return self.sp.encode(text, out_type=str)
-
     def decode(self, ids: list[list[int]]) -> list[str]:
         return self.sp.decode(ids)
 

@@ -114,7 +114,6 @@ class MultiHeadAttention(nn.Module):
     def forward(
         self,
         query: Tensor,
-        key_value: Tensor | None = None,
         *,
         mask: Tensor | None = None,
         is_causal: bool = False,
@@ -123,8 +122,8 @@ class MultiHeadAttention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         """Attend from ``query`` (B, Tq, D) to keys/values.
 
-        Keys/values come from ``kv`` (already projected, e.g. the encoder memory), else from
-        ``key_value`` (B, Tk, D), else from ``query`` itself (self-attention). With ``cache``
+        Keys/values come from ``kv`` (already projected with :meth:`project_kv`: the encoder
+        memory, once per batch), else from ``query`` itself (self-attention). With ``cache``
         the new positions' keys/values are appended to those of earlier steps.
 
         Returns:
@@ -132,7 +131,7 @@ class MultiHeadAttention(nn.Module):
         """
         q = self.split_heads(self.q_proj(query))  # (B, H, Tq, Dh)
         if kv is None:
-            k, v = self.project_kv(query if key_value is None else key_value)
+            k, v = self.project_kv(query)
             if cache is not None:
                 k, v = cache.append(k, v)  # (B, H, t, Dh): all steps so far
         else:

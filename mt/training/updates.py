@@ -39,7 +39,6 @@ class Updater:
         device: torch.device,
         dist: DistContext,
         pad_id: int,
-        nonfinite_so_far: int = 0,
     ) -> None:
         self.model, self.train_model = model, train_model
         self.optimizer, self.scheduler, self.loss = optimizer, scheduler, loss
@@ -47,7 +46,7 @@ class Updater:
         self.pad_id = pad_id
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
-        self.nonfinite_total = torch.tensor(nonfinite_so_far, device=device)  # skipped, all
+        self.nonfinite_total = torch.zeros((), dtype=torch.long, device=device)  # skipped, all
         self.nonfinite_run = torch.zeros((), dtype=torch.long, device=device)  # in a row
 
     def update(self, batches: list[Batch], global_tgt_tokens: int) -> Tensor:
