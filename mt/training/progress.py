@@ -10,12 +10,21 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 
 import torch
 
 from mt.training.distributed import DistContext
 
 log = logging.getLogger("mt.training.trainer")
+
+
+class Stop(Enum):
+    """Why the training loop ended (the loop goes on while there is none)."""
+
+    LIMIT = "a limit of the budget (steps, epochs, minutes)"
+    PATIENCE = "train.patience: no better validation score"
+    SIGNAL = "SIGINT / SIGTERM (after saving)"
 
 
 class TrainingInterrupted(Exception):

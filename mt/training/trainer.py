@@ -40,6 +40,7 @@ from mt.training.optim import build_optimizer, build_scheduler
 from mt.training.progress import (
     Meter,
     Progress,
+    Stop,
     TrainingInterrupted,
     patience_exhausted,
     sigterm_as_interrupt,
@@ -237,7 +238,7 @@ class Trainer:
     def fit_and_test(self) -> dict:
         with stop_on_signals() as interrupted:
             stopped = self.train_loop(interrupted)
-        if stopped:
+        if stopped is Stop.SIGNAL:
             raise TrainingInterrupted(
                 f"training stopped at step {self.progress.step} and saved "
                 f"{self.files.last}; continue it with: python scripts/train.py "
@@ -258,15 +259,15 @@ class Trainer:
         self.dist.barrier()
         return metrics
 
-    def train_loop(self, interrupted: threading.Event) -> bool:
-        """Update until a limit is reached; True when stopped by a signal (after saving)."""
+    def train_loop(self, interrupted: threading.Event) -> Stop:
+        """Update until a limit, the patience or a signal (after saving) ends training."""
         t, p = self.cfg.train, self.progress
         self.interrupted = interrupted
         self.budget.start(p)
         self.budget.clock_spent = self.dist.max([self.budget.clock_fraction()])[0]
         self.stopped_early = patience_exhausted(t.patience, p, self.dist)
         if p.step and (self.stopped_early or self.budget.limit_reached(p)):
-            return False  # resumed after training had ended (e.g. a crash during the test pass)
+            return Stop.LIMIT  # resumed after training had ended (e.g. a crash in the test pass)
         self.display = ProgressDisplay(
             self.budget,
             enabled=t.progress_bar and self.dist.is_main,
@@ -288,11 +289,10 @@ class Trainer:
         if self.validated_at != p.step:  # the epoch limit ended training between validations
             p.train_seconds = self.budget.seconds()
             self.validate_and_save()
-        return False
+        return Stop.LIMIT
 
-    def train_epochs(self) -> bool | None:
-        """Epochs until the epoch limit (None) or until another limit or a signal ended
-        training (whether by a signal)."""
+    def train_epochs(self) -> Stop | None:
+        """Epochs until the epoch limit (None) or until another reason to stop."""
         t, p = self.cfg.train, self.progress
         while t.max_epochs is None or p.epoch < t.max_epochs:
             for window in self.data.train.windows(skip=p.window_in_epoch, epoch=p.epoch):
@@ -310,9 +310,9 @@ class Trainer:
             p.window_in_epoch = 0
         return None
 
-    def train_window(self, data: ParallelData, groups: list[np.ndarray]) -> bool | None:
+    def train_window(self, data: ParallelData, groups: list[np.ndarray]) -> Stop | None:
         """The updates over one window's batches (the whole epoch, unless streaming). Returns
-        None to go on, else whether training was stopped by a signal."""
+        None to go on, else why training stops."""
         t, p, world = self.cfg.train, self.progress, self.dist.world_size
         if not self.cfg.data.streaming:
             self.budget.batches_per_epoch = len(groups)  # one window is the whole epoch
@@ -333,10 +333,10 @@ class Trainer:
                 return ended
         return None
 
-    def after_update(self) -> bool | None:
+    def after_update(self) -> Stop | None:
         """Log, validate or save as due. Every rank takes the same decisions: a limit or a
         signal on one stops all, and the clock of the slowest rank sets the learning rate of
-        all. Returns None to go on, else whether training was stopped by a signal."""
+        all. Returns None to go on, else why training stops."""
         t, p, m = self.cfg.train, self.progress, self.meter
         if p.step % t.log_every_steps == 0:
             self.check_nonfinite()
@@ -359,10 +359,12 @@ class Trainer:
             p.train_seconds = self.budget.seconds()  # validation included, as in the budget
             if patience_exhausted(t.patience, p, self.dist):
                 self.stopped_early = True
-                return False
+                return Stop.PATIENCE
         elif p.step % t.save_every_steps == 0 or stop:
             self.save()
-        return stop if limit or stop else None
+        if stop:
+            return Stop.SIGNAL
+        return Stop.LIMIT if limit else None
 
     def log_training(self, loss: float, speed: float) -> None:
         p, lr = self.progress, self.updater.scheduler.get_last_lr()[0]
