@@ -5,11 +5,18 @@
 # torch: `pip install torch==2.13.0` takes the CPU wheel that CPU machines of this project keep
 # on disk. Elsewhere, on a machine without a GPU, point pip at PyTorch's CPU index to avoid the
 # multi-GB CUDA build:  MT_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
+#
+# MT_LOCKED=1 installs the exact versions of requirements-lock.txt (those CI passed with).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${MT_TORCH_VERSION:-2.13.0}
+LOCK=()
+if [ "${MT_LOCKED:-0}" = 1 ]; then
+    LOCK=(-c requirements-lock.txt)
+    TORCH_VERSION=$(sed -n 's/^torch==//p' requirements-lock.txt)
+fi
 
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
@@ -25,8 +32,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
         pip_install "torch==$TORCH_VERSION"
     fi
 fi
-if ! .venv/bin/python -c "import mt, sentencepiece, datasets, sacrebleu, hydra, tensorboard, ctranslate2, fastapi, uvicorn, httpx, selenium, pytest, ruff, hypothesis, matplotlib" 2>/dev/null; then
-    echo "setup: installing mt and its dependencies"
-    pip_install -e ".[dev,plot]"
+if [ ${#LOCK[@]} -gt 0 ] || ! .venv/bin/python -c "import mt, sentencepiece, datasets, sacrebleu, hydra, tensorboard, ctranslate2, fastapi, uvicorn, httpx, selenium, pytest, ruff, hypothesis, matplotlib" 2>/dev/null; then
+    echo "setup: installing mt and its dependencies${LOCK:+ (requirements-lock.txt)}"
+    pip_install -e ".[dev,plot]" "${LOCK[@]}"
 fi
 .venv/bin/python -c "import torch, mt; print(f'setup: ok (torch {torch.__version__}, mt {mt.__version__})')"
