@@ -64,6 +64,10 @@ def test_embeddings_are_shared_and_scaled():
     assert logits.shape == (3, 6, 23)
     n_tables = sum(1 for p in model.parameters() if p.shape == (23, 16))
     assert n_tables == 1  # source, target and output layer use one table
+    # The output: the embedding of token i is table[i] * sqrt(d_model) (section 3.4).
+    tokens = torch.tensor([[3, 7, 22]])
+    table = next(p for p in model.parameters() if p.shape == (23, 16))
+    torch.testing.assert_close(model.embed(tokens), table[tokens] * 16**0.5)
 
 
 def test_too_long_input_is_a_clear_error():

@@ -119,6 +119,7 @@ def test_beam_search_scores_are_the_model_log_probs():
     model = small_model()
     src = torch.randint(3, 23, (2, 5))
     hyps = beam_search(model, src, IDS, beam_size=3, length_penalty=0.0, max_len_b=6)
+    compared = 0
     for i, nbest in enumerate(hyps):
         tokens = nbest[0].tokens
         tgt_in = torch.tensor([[IDS.bos] + tokens])
@@ -132,6 +133,8 @@ def test_beam_search_scores_are_the_model_log_probs():
         at_limit = len(tokens) + 1 >= 5 * 1.5 + 6
         if not at_limit:
             assert math.isclose(nbest[0].score, float(total), rel_tol=1e-4)
+            compared += 1
+    assert compared, "every hypothesis reached the length limit: nothing was compared"
 
 
 def _varied_batch():

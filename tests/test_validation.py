@@ -44,6 +44,19 @@ def test_validate_scores_bleu_only_when_asked(tmp_path):
     hyps = validator.translator(beam_size=1).translate(validator.data.val.sources)
     expected = score(hyps, validator.data.val.references)
     assert metrics["val/bleu"] == expected.bleu and metrics["val/chrf"] == expected.chrf
+    # An untrained model scores ~0: with a translator that outputs every second reference the
+    # scores must be those of exactly these outputs (so the equality above compares scoring).
+    refs = validator.data.val.references
+    half = [r if i % 2 == 0 else "" for i, r in enumerate(refs)]
+
+    class Echo:
+        def translate(self, sources):
+            return half
+
+    validator.translator = lambda beam_size: Echo()
+    echoed = validator.validate()
+    assert echoed["val/bleu"] == score(half, refs).bleu > 10 * max(expected.bleu, 1)
+    assert echoed["val/chrf"] == score(half, refs).chrf
 
 
 def test_test_pass_writes_the_hypotheses_it_scored(tmp_path):
