@@ -21,6 +21,7 @@ import torch
 
 from mt.config import RunConfig, run_config_from_dict, to_dict
 from mt.data.tokenizer import Tokenizer
+from mt.files import METRICS
 from mt.kernels import use_kernels
 from mt.model.transformer import Transformer, build_model
 
@@ -216,7 +217,7 @@ def checkpoint_summary(payload: dict[str, Any], path: str | Path) -> dict:
 
 def _recorded_test(checkpoint: Path) -> dict | None:
     try:
-        recorded = json.loads((checkpoint.parent / "metrics.json").read_text())
+        recorded = json.loads((checkpoint.parent / METRICS).read_text())
     except (OSError, ValueError):
         return None
     if recorded.get("test_checkpoint") != checkpoint.name or not recorded.get("test"):

@@ -68,7 +68,7 @@ def test_train_evaluate_translate(tmp_path):
         f"hydra.run.dir={run_dir}",
     )
     assert "test BLEU" in trained.stdout
-    for name in ("last.pt", "best.pt", "spm.model", "metrics.json", "test_2016_flickr.hyp"):
+    for name in ("last.pt", "best.pt", "spm.model", "metrics.json", "test_2016_flickr.en.hyp"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["bleu_signature"].startswith("nrefs:1|case:mixed")

@@ -7,6 +7,7 @@ import math
 import torch
 
 from mt.data.prepare import prepare_data
+from mt.files import hypothesis_file
 from mt.metrics import score
 from mt.model.transformer import build_model
 from mt.training.validation import Validator
@@ -62,6 +63,10 @@ def test_validate_scores_bleu_only_when_asked(tmp_path):
 def test_test_pass_writes_the_hypotheses_it_scored(tmp_path):
     validator = make_validator(tmp_path)
     scores = validator.test(tmp_path)
-    written = (tmp_path / f"{validator.data.test.name}.hyp").read_text().splitlines()
+    written = (
+        (tmp_path / hypothesis_file(validator.data.test.name, validator.cfg.data.tgt_lang))
+        .read_text()
+        .splitlines()
+    )
     assert len(written) == len(validator.data.test.sources)
     assert scores.bleu == score(written, validator.data.test.references).bleu

@@ -11,6 +11,7 @@ from mt.commands import EvaluateConfig, TuneDecodingConfig
 from mt.config import DataConfig, decode_settings
 from mt.data.corpus import load_split
 from mt.decoding.loading import load_translator
+from mt.files import hypothesis_file
 from mt.metrics import score
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig, out_dir: str | Path) -> dict:
     scores = score(hyps, ds["tgt"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hyp_path = Path(cfg.output) if cfg.output else out_dir / f"{split}.{data.tgt_lang}.hyp"
+    hyp_path = Path(cfg.output) if cfg.output else out_dir / hypothesis_file(split, data.tgt_lang)
     hyp_path.parent.mkdir(parents=True, exist_ok=True)
     hyp_path.write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     result = {

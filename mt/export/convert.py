@@ -26,6 +26,7 @@ import torch
 from mt.checkpoint import checkpoint_summary, load_checkpoint
 from mt.config import ModelConfig, run_config_from_dict
 from mt.data.tokenizer import Tokenizer
+from mt.files import SPM_MODEL
 from mt.model.embeddings import sinusoidal_table
 
 QUANTIZATIONS = (
@@ -38,7 +39,6 @@ QUANTIZATIONS = (
     "float32",
 )
 METADATA = "mt_export.json"
-SPM_MODEL = "spm.model"
 EXPORT_VERSION = 1
 LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which mt's model uses
 # Model options whose value changes nothing the converter writes (training-only settings).

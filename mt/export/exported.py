@@ -11,7 +11,8 @@ from typing import Any
 from mt.config import RunConfig, run_config_from_dict
 from mt.cpu import has_int8_dot_products
 from mt.data.tokenizer import Tokenizer
-from mt.export.convert import EXPORT_VERSION, METADATA, SPM_MODEL
+from mt.export.convert import EXPORT_VERSION, METADATA
+from mt.files import SPM_MODEL
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from mt import files
 from mt.checkpoint import average_checkpoints, load_weights, save_checkpoint
 from mt.training.distributed import DistContext
 from mt.training.progress import Progress
@@ -22,7 +23,7 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
     Without it, a run directory that already holds a run is refused: starting over there would
     overwrite its checkpoints and metrics."""
     if resume is None:
-        if (run_dir / "last.pt").exists():
+        if (run_dir / files.LAST).exists():
             raise ValueError(
                 f"{run_dir} already holds a training run (last.pt): continue it with "
                 "train.resume=auto, or start afresh in another directory (hydra.run.dir=...) "
@@ -30,7 +31,7 @@ def resume_path(resume: str | None, run_dir: Path) -> Path | None:
             )
         return None
     if resume == "auto":
-        last = run_dir / "last.pt"
+        last = run_dir / files.LAST
         return last if last.is_file() else None
     path = Path(resume)
     if not path.is_file():
@@ -76,11 +77,11 @@ class CheckpointFiles:
 
     @property
     def last(self) -> Path:
-        return self.run_dir / "last.pt"
+        return self.run_dir / files.LAST
 
     @property
     def best(self) -> Path:
-        return self.run_dir / "best.pt"
+        return self.run_dir / files.BEST
 
     def numbered(self) -> list[Path]:
         """The kept ``step_<N>.pt`` files, oldest first."""

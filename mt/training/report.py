@@ -80,7 +80,7 @@ def choose_final_checkpoint(
     path, sources = averaged
     load_weights(model, load_checkpoint(path)["model"], source=str(path))
     metrics = validator.validate()
-    score_avg = metrics.get("val/bleu", -metrics["val/loss"])
+    score_avg = validator.selection_score(metrics)
     log.info(
         "average of %d checkpoints: validation score %.2f (best.pt: %.2f)",
         len(sources),
@@ -89,6 +89,23 @@ def choose_final_checkpoint(
     )
     chosen = path if score_avg > progress.best_score else files.best
     return chosen, {"from": sources, "val_score": score_avg}
+
+
+def final_test(
+    files: CheckpointFiles, model: torch.nn.Module, validator: Validator, progress: Progress
+) -> dict:
+    """The test pass of the checkpoint that represents the run (loaded into ``model``), and
+    which one it was."""
+    cfg = validator.cfg
+    chosen, averaged = choose_final_checkpoint(
+        files, cfg.train.average_last, model, validator, progress
+    )
+    load_weights(model, load_checkpoint(chosen)["model"], source=str(chosen))
+    return {
+        **test_pass(validator, cfg, files.run_dir),
+        "test_checkpoint": chosen.name,
+        "averaged": averaged,
+    }
 
 
 def test_pass(validator: Validator, cfg: RunConfig, run_dir: Path) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mt import files
 from mt.checkpoint import load_checkpoint, load_weights
 from mt.config import ModelConfig, RunConfig, run_config_from_dict
 from mt.data.corpus import PreparedData
@@ -120,10 +121,10 @@ def prepare_run_data(
     and fills the Arrow cache, then the other ranks load both."""
     if not dist.is_main:
         dist.barrier()
-        tokenizer = tokenizer or Tokenizer.load(run_dir / "spm.model")
+        tokenizer = tokenizer or Tokenizer.load(run_dir / files.SPM_MODEL)
     data = prepare_data(cfg.data, seed=cfg.seed, tokenizer=tokenizer)
     if dist.is_main:
-        data.tokenizer.save(run_dir / "spm.model")
+        data.tokenizer.save(run_dir / files.SPM_MODEL)
         dist.barrier()
     return data
 

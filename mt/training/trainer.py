@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mt.checkpoint import load_checkpoint, load_weights, model_payload
+from mt import files
+from mt.checkpoint import model_payload
 from mt.config import RunConfig
 from mt.data.batching import Batch, ParallelData
 from mt.kernels import loss_functions
@@ -193,7 +194,7 @@ class Trainer:
             self.attention_plots = self.validator.log_attention(self.logger, p.step)
         p.history.append({"step": p.step, **metrics})
         self.display.validated(metrics, p.step)
-        current = metrics.get("val/bleu", -metrics["val/loss"])
+        current = Validator.selection_score(metrics)
         improved = current > p.best_score
         if improved:
             p.best_score, p.best_step = current, p.step
@@ -385,16 +386,11 @@ class Trainer:
             device=self.device,
         )
         if self.cfg.train.test_at_end:
-            chosen, averaged = report.choose_final_checkpoint(
-                self.files, self.cfg.train.average_last, self.model, self.validator, self.progress
-            )
-            load_weights(self.model, load_checkpoint(chosen)["model"], source=str(chosen))
-            metrics.update(report.test_pass(self.validator, self.cfg, self.run_dir))
-            metrics.update({"test_checkpoint": chosen.name, "averaged": averaged})
+            metrics.update(report.final_test(self.files, self.model, self.validator, self.progress))
             self.logger.log_dict(
                 {"test/bleu": metrics["test"]["bleu"], "test/chrf": metrics["test"]["chrf"]},
                 self.progress.step,
             )
-        (self.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        (self.run_dir / files.METRICS).write_text(json.dumps(metrics, indent=2))
         self.logger.close()
         return metrics

@@ -16,6 +16,7 @@ from mt.config import RunConfig
 from mt.data.corpus import EvalSet, PreparedData
 from mt.data.tokenizer import Tokenizer
 from mt.decoding.translator import Translator
+from mt.files import hypothesis_file
 from mt.kernels import loss_functions
 from mt.loggers import MetricLogger
 from mt.metrics import Scores, score
@@ -54,6 +55,12 @@ class Validator:
             self.model, self.tokenizer, replace(self.cfg.decode, beam_size=beam_size, n_best=1)
         )
 
+    @staticmethod
+    def selection_score(metrics: dict[str, float]) -> float:
+        """What ``best.pt`` is kept by (higher is better): validation BLEU, or minus the loss
+        without ``train.val_bleu``."""
+        return metrics.get("val/bleu", -metrics["val/loss"])
+
     def validate(self) -> dict[str, float]:
         """Loss and perplexity; greedy BLEU and chrF too with ``train.val_bleu`` (which then
         selects ``best.pt``: cheap enough to run at every validation, and what is reported)."""
@@ -89,8 +96,10 @@ class Validator:
 
     def test(self, out_dir: Path) -> Scores:
         """Translate the test split with the run's beam settings, write the hypotheses to
-        ``out_dir / <split>.hyp`` and score them."""
+        ``out_dir`` (:func:`mt.files.hypothesis_file`) and score them."""
         test = self.data.test
         hyps = self.translator(beam_size=self.cfg.decode.beam_size).translate(test.sources)
-        (out_dir / f"{test.name}.hyp").write_text("".join(h + "\n" for h in hyps))
+        (out_dir / hypothesis_file(test.name, self.cfg.data.tgt_lang)).write_text(
+            "".join(h + "\n" for h in hyps)
+        )
         return score(hyps, test.references)
