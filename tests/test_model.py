@@ -75,3 +75,19 @@ def test_too_long_input_is_a_clear_error():
     src, tgt = random_batch(s=9)
     with pytest.raises(ValueError, match="max_positions=8"):
         model(src, tgt)
+
+
+def test_right_padded_targets_decode_each_sentence_as_alone():
+    """The decoder's self-attention has only the causal mask (Transformer.decode): with right
+    padding, which collate makes, the real positions give what they give unpadded; left
+    padding would not, which is why it is never made."""
+    model = small_model().eval()
+    src = torch.randint(3, 23, (1, 5))
+    tgt = torch.randint(3, 23, (1, 4))
+    pad = torch.zeros(1, 3, dtype=torch.long)
+    with torch.no_grad():
+        alone = model(src, tgt)
+        right = model(src, torch.cat([tgt, pad], 1))
+        left = model(src, torch.cat([pad, tgt], 1))
+    torch.testing.assert_close(right[:, :4], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(left[:, 3:], alone, atol=1e-3)

@@ -92,7 +92,11 @@ class Transformer(nn.Module):
     # -- decoder, whole sequences (training, scoring) -------------------------------------------
 
     def decode(self, tgt_in: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
-        """tgt_in (B, T) BOS-prefixed ids, memory (B, S, D) -> logits (B, T, V)."""
+        """tgt_in (B, T) BOS-prefixed ids, memory (B, S, D) -> logits (B, T, V).
+
+        Targets must be padded on the right (as mt/data/batching.py does): the causal mask is
+        the decoder's only self-attention mask, so a real position sees only earlier, real ones;
+        padding on the left would let real tokens attend to PAD."""
         x = self.pos(self.embed(tgt_in))
         for layer in self.decoder_layers:
             x = layer(x, layer.cross_attn.project_kv(memory), src_mask)
