@@ -18,6 +18,8 @@ WINGS = [
     "mt.commands",  # each script's options (extending the run's) and their registration
     "mt.checks",
     "mt.cli",
+    "mt.files",  # the names of the files mt writes
+    "mt.cpu",  # what the CPU computes well, from its flags
     "mt.runtime",
     "mt.loggers",
     "mt.metrics",
