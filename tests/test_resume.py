@@ -162,7 +162,7 @@ def outcome(run_dir: Path) -> dict:
         "last": load_checkpoint(run_dir / "last.pt")["model"],
         "best": load_checkpoint(run_dir / "best.pt")["model"],
         "metrics": metrics,
-        "test": (run_dir / "test.hyp").read_text(),
+        "test": (run_dir / "test.tgt.hyp").read_text(),
     }
 
 
