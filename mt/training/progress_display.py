@@ -110,8 +110,8 @@ class ProgressDisplay:
         if "val/bleu" in metrics:
             self.val = (metrics["val/bleu"], step)
 
-    def describe(self, p: Progress) -> str:
-        pos = budget_position(self.budget, p)
+    def describe(self, p: Progress, pos: BudgetPosition | None = None) -> str:
+        pos = pos or budget_position(self.budget, p)
         parts = [pos.where]
         if pos.unit == "updates":
             pass  # the limit counts updates already
@@ -137,8 +137,8 @@ class ProgressDisplay:
             return
         if self.bar.disable:
             return
-        pos = budget_position(self.budget, p)
-        self.bar.set_postfix_str(self.describe(p), refresh=False)
+        pos = budget_position(self.budget, p)  # once per update, for the bar and its text
+        self.bar.set_postfix_str(self.describe(p, pos), refresh=False)
         self.bar.update(100.0 * pos.fraction - self.bar.n)
 
     def close(self) -> None:
