@@ -103,6 +103,19 @@ def test_token_batches_keep_padding_low_on_both_sides():
     assert tgt_per_batch > 0.6 * 4096  # batches still fill most of the budget
 
 
+def test_token_batches_of_sources_alone_budget_the_source_side():
+    """Decoding batches (no targets yet): the budget counts source positions, nothing else."""
+    rng = np.random.default_rng(0)
+    src_lens = rng.integers(1, 60, size=400)
+    batches = token_batches(src_lens, None, 500)
+    assert np.array_equal(np.sort(np.concatenate(batches)), np.arange(400))
+    for b in batches:
+        assert len(b) * (int(src_lens[b].max()) + 1) <= 500 or len(b) == 1
+    padded = sum(len(b) * (src_lens[b].max() + 1) for b in batches)
+    assert (src_lens + 1).sum() / padded > 0.9
+    assert len(batches) < 1.3 * (src_lens + 1).sum() / 500  # not needlessly small
+
+
 def test_collate_shapes_and_special_tokens(tokenizer):
     batch = collate([[5, 6, 7], [8]], [[9, 10], [11, 12, 13]], tokenizer)
     eos, bos, pad = tokenizer.eos_id, tokenizer.bos_id, tokenizer.pad_id

@@ -38,7 +38,7 @@ class Batch:
 
 def token_batches(
     src_lens: np.ndarray,
-    tgt_lens: np.ndarray,
+    tgt_lens: np.ndarray | None,
     batch_tokens: int,
     *,
     rng: np.random.Generator | None = None,
@@ -53,10 +53,12 @@ def token_batches(
     so that neighbours across a target-length boundary have similar source lengths too; and a
     batch that is at least half full closes early when one more sentence would make more than
     ``max_padding`` of its positions padding. A random tie-break (``rng``) varies the batches
-    from epoch to epoch; with ``rng`` the batch order is shuffled too.
+    from epoch to epoch; with ``rng`` the batch order is shuffled too. ``tgt_lens=None``
+    batches sources alone (decoding: the budget counts source positions only).
     """
     n = len(src_lens)
-    src_lens, tgt_lens = np.asarray(src_lens) + 1, np.asarray(tgt_lens) + 1
+    src_lens = np.asarray(src_lens) + 1
+    tgt_lens = np.zeros(n, dtype=np.int64) if tgt_lens is None else np.asarray(tgt_lens) + 1
     tie = rng.permutation(n) if rng is not None else np.arange(n)
     snake = np.where(tgt_lens % 2 == 0, src_lens, -src_lens)
     order = np.lexsort((tie, snake, tgt_lens))  # last key is the primary one
@@ -90,9 +92,7 @@ def pad(
 ) -> Tensor:
     """Id lists -> (B, L) tensor padded with ``pad_id``, each row optionally framed by a
     ``prefix`` (BOS) and a ``suffix`` (EOS) token. Vectorised: one scatter, no per-row tensors."""
-    n = len(sequences)
-    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=n)  # (B,)
-    flat = np.fromiter(chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    flat, lengths = flatten(sequences)  # (sum of lengths,), (B,)
     return pad_flat(flat, lengths, pad_id, prefix=prefix, suffix=suffix)
 
 
@@ -123,12 +123,32 @@ def pad_flat(
 def collate(
     src_ids: Sequence[list[int]], tgt_ids: Sequence[list[int]], tokenizer: Tokenizer
 ) -> Batch:
+    """A batch of id lists (:func:`collate_flat` of their concatenations)."""
+    return collate_flat(*flatten(src_ids), *flatten(tgt_ids), tokenizer)
+
+
+def flatten(sequences: Sequence[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Id lists -> their concatenation and their lengths (the packed form of :class:`TokenIds`)."""
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    flat = np.fromiter(chain.from_iterable(sequences), dtype=np.int64, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def collate_flat(
+    src_flat: np.ndarray,
+    src_lens: np.ndarray,
+    tgt_flat: np.ndarray,
+    tgt_lens: np.ndarray,
+    tokenizer: Tokenizer,
+) -> Batch:
+    """The one place a training batch is built: the source with EOS, the target shifted right
+    behind BOS as the decoder's input and followed by EOS as its output (teacher forcing)."""
     eos, bos, pad_id = tokenizer.eos_id, tokenizer.bos_id, tokenizer.pad_id
     return Batch(
-        src=pad(src_ids, pad_id, suffix=eos),
-        tgt_in=pad(tgt_ids, pad_id, prefix=bos),
-        tgt_out=pad(tgt_ids, pad_id, suffix=eos),
-        n_tgt_tokens=sum(map(len, tgt_ids)) + len(tgt_ids),
+        src=pad_flat(src_flat, src_lens, pad_id, suffix=eos),
+        tgt_in=pad_flat(tgt_flat, tgt_lens, pad_id, prefix=bos),
+        tgt_out=pad_flat(tgt_flat, tgt_lens, pad_id, suffix=eos),
+        n_tgt_tokens=int(tgt_lens.sum()) + len(tgt_lens),
     )
 
 
@@ -195,15 +215,7 @@ class TokenIds(Sequence):
 
 def collate_packed(src: TokenIds, tgt: TokenIds, group: np.ndarray, tokenizer: Tokenizer) -> Batch:
     """:func:`collate` of the examples ``group`` of packed ids, without per-sentence lists."""
-    eos, bos, pad_id = tokenizer.eos_id, tokenizer.bos_id, tokenizer.pad_id
-    src_flat, src_lens = src.take(group)
-    tgt_flat, tgt_lens = tgt.take(group)
-    return Batch(
-        src=pad_flat(src_flat, src_lens, pad_id, suffix=eos),
-        tgt_in=pad_flat(tgt_flat, tgt_lens, pad_id, prefix=bos),
-        tgt_out=pad_flat(tgt_flat, tgt_lens, pad_id, suffix=eos),
-        n_tgt_tokens=int(tgt_lens.sum()) + len(group),
-    )
+    return collate_flat(*src.take(group), *tgt.take(group), tokenizer)
 
 
 def lengths_of(ids: Sequence[list[int]] | TokenIds) -> np.ndarray:

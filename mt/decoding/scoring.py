@@ -6,9 +6,10 @@ Legend: B pairs in a batch, S source length, T target length (+ EOS), V vocabula
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from mt.data.batching import pad
+from mt.data.batching import collate, token_batches
 from mt.data.tokenizer import Tokenizer
 from mt.model.masks import padding_mask
 from mt.model.transformer import Transformer
@@ -41,18 +42,20 @@ def score_pairs(
     cut = sum(1 for s, t in zip(src_ids, tgt_ids) if len(s) > limit or len(t) > limit)
     src_ids = [s[:limit] for s in src_ids]
     tgt_ids = [t[:limit] for t in tgt_ids]
-    order = sorted(range(len(sources)), key=lambda i: len(src_ids[i]) + len(tgt_ids[i]))
+    lengths = [
+        np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) for ids in (src_ids, tgt_ids)
+    ]
     scores: list[PairScore | None] = [None] * len(sources)
     device = next(model.parameters()).device
     model.eval()
-    start = 0
-    while start < len(order):
-        batch = _next_batch(order, start, src_ids, tgt_ids, batch_tokens)
-        start += len(batch)
-        src = pad([src_ids[i] for i in batch], tokenizer.pad_id, suffix=tokenizer.eos_id)
-        tgt_in = pad([tgt_ids[i] for i in batch], tokenizer.pad_id, prefix=tokenizer.bos_id)
-        tgt_out = pad([tgt_ids[i] for i in batch], tokenizer.pad_id, suffix=tokenizer.eos_id)
-        src, tgt_in, tgt_out = src.to(device), tgt_in.to(device), tgt_out.to(device)
+    for group in token_batches(*lengths, batch_tokens):
+        batch = group.tolist()
+        pairs = collate([src_ids[i] for i in batch], [tgt_ids[i] for i in batch], tokenizer)
+        src, tgt_in, tgt_out = (
+            pairs.src.to(device),
+            pairs.tgt_in.to(device),
+            pairs.tgt_out.to(device),
+        )
         src_mask = padding_mask(src == tokenizer.pad_id)
         logits = model.decode(tgt_in, model.encode(src, src_mask), src_mask)  # (B, T, V)
         gold = logits.float().log_softmax(-1).gather(-1, tgt_out[..., None])[..., 0]  # (B, T)
@@ -61,15 +64,3 @@ def score_pairs(
         for i, total, n in zip(batch, totals, real.sum(dim=1).tolist()):
             scores[i] = PairScore(total, n)
     return scores, cut
-
-
-def _next_batch(order, start, src_ids, tgt_ids, batch_tokens) -> list[int]:
-    """Pairs from ``order[start:]`` while (pairs x longest side) stays within the budget."""
-    batch, width = [], 0
-    for i in order[start:]:
-        w = max(width, len(src_ids[i]) + 1, len(tgt_ids[i]) + 1)
-        if batch and w * (len(batch) + 1) > batch_tokens:
-            break
-        batch.append(i)
-        width = w
-    return batch

@@ -16,7 +16,7 @@ import torch
 
 from mt.checks import check_decode
 from mt.config import DecodeConfig, decode_settings
-from mt.data.batching import pad
+from mt.data.batching import pad, token_batches
 from mt.data.corpus import clean_line
 from mt.data.tokenizer import Tokenizer
 from mt.decoding.precision import PrecisionModels
@@ -138,18 +138,11 @@ class Translator:
         return encoded
 
     def _batches(self, todo: list[int], encoded: list[list[int]]) -> list[list[int]]:
-        order = sorted(todo, key=lambda i: len(encoded[i]))
-        batches, current, width = [], [], 0
-        for i in order:
-            w = max(width, len(encoded[i]) + 1)
-            if current and w * (len(current) + 1) > self.settings.batch_tokens:
-                batches.append(current)
-                current, w = [], len(encoded[i]) + 1
-            current.append(i)
-            width = w
-        if current:
-            batches.append(current)
-        return batches
+        """Lines ``todo`` grouped by length under ``decode.batch_tokens`` source positions
+        (the training batcher's rule, sources only)."""
+        lengths = np.fromiter((len(encoded[i]) for i in todo), dtype=np.int64, count=len(todo))
+        groups = token_batches(lengths, None, self.settings.batch_tokens)
+        return [[todo[j] for j in group.tolist()] for group in groups]
 
     def _search(
         self, sources: list[list[int]], n_best: int, prefixes: list[list[int]] | None
