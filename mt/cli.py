@@ -83,10 +83,19 @@ def compose_command_line(config_dir: str, config_name: str, args: list[str], hin
 
 
 def _one_line(err: BaseException, args: list[str]) -> str:
-    """Hydra's multi-line composition report as one line: which option failed and why."""
-    from hydra.errors import OverrideParseException
+    """Hydra's multi-line composition report as one line, from the exception's own fields:
+    which option failed and why."""
+    from hydra.errors import MissingConfigException, OverrideParseException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
+    first = str(err).splitlines()[0].strip()
+    if isinstance(err, MissingConfigException) and err.missing_cfg_file:
+        group, _, choice = err.missing_cfg_file.rpartition("/")
+        if group and err.options:
+            return f"{group}={choice}: no such choice; the choices: {', '.join(err.options)}"
+        return f"{first}; check the name"
+    if isinstance(err, OverrideParseException):
+        return f"cannot read the option {_unreadable(args)!r}: {first}; write options as key=value"
     cause = err.__cause__
     key = getattr(cause, "full_key", None)
     reason = str(cause).splitlines()[0].strip() if cause is not None else ""
@@ -94,19 +103,7 @@ def _one_line(err: BaseException, args: list[str]) -> str:
         return f"unknown option {key}: {reason}; check its spelling"
     if isinstance(cause, ValidationError) and key:
         return f"option {key}: {reason}"
-    lines = [
-        line.strip()
-        for line in str(err).splitlines()
-        if line.strip() and not line.startswith(("Config search path", "\t", "See https://"))
-    ]
-    choices = [line.strip() for line in str(err).splitlines() if line.startswith("\t")]
-    choices = [c for c in choices if not c.startswith("provider=")]
-    text = " ".join(lines).replace(" Available options", "; the choices") + (
-        f" {', '.join(choices)}" if choices else ""
-    )
-    if isinstance(err, OverrideParseException):
-        text = f"cannot read the option {_unreadable(args)!r}: {text}; write options as key=value"
-    return text
+    return f"{first}: {reason}" if reason else first
 
 
 def _unreadable(args: list[str]) -> str:

@@ -235,7 +235,7 @@ def one_error_line(script: str, *args: str) -> str:
         (
             "train.py",
             ["model=nosuch"],
-            "Could not find 'model/nosuch'; the choices in 'model': base",
+            "model=nosuch: no such choice; the choices: base, big, small, tiny",
         ),
         ("train.py", ["data.src_lang"], "cannot read the option 'data.src_lang'"),
         ("evaluate.py", ["checkpoint=x.pt", "beam_size=[1]"], "option beam_size"),
