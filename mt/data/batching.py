@@ -1,7 +1,7 @@
 """Batching: token ids -> length-bucketed batches under a token budget -> padded tensors.
 
 The batches of an epoch depend only on the lengths and a seeded generator, so a resumed run
-sees the same batches in the same order (mt/trainer.py).
+sees the same batches in the same order (mt/training/trainer.py).
 
 Legend: B batch, S source length, T target length, L padded length.
 """
@@ -251,8 +251,8 @@ class ParallelData:
         return len(self.src_ids)
 
     def windows(self, *, skip: int = 0, epoch: int = 0) -> Iterator["ParallelData"]:
-        """An epoch as windows (see mt/streaming.py): in memory, the whole split is one, the
-        same in every epoch (mt/subword_sampling.py varies it by ``epoch``)."""
+        """An epoch as windows (see mt/data/streaming.py): in memory, the whole split is one, the
+        same in every epoch (mt/data/subword_sampling.py varies it by ``epoch``)."""
         if skip == 0:
             yield self
 

@@ -1,5 +1,5 @@
 """A run's data: the held-out splits checked first, then the training split in memory
-(mt/data.py) or streamed from disk (mt/streaming.py, ``data.streaming=true``).
+(mt/data/batching.py) or streamed from disk (mt/data/streaming.py, ``data.streaming=true``).
 
 The one entry point the trainer and the benchmark call; it sits above both ways of holding
 the training split, so neither has to know the other.
