@@ -152,13 +152,13 @@ class BenchmarkConfig:
     """Updates per side-by-side run (speeds are logged every 20; the first interval is dropped)."""
     opennmt_rounds: int = 2
     decode_rounds: int = 2
+    """Rounds over the decoding contestants (mt/bench/decoding_speed.py); the fastest counts."""
     serve: bool = False
     """Also load the HTTP server (scripts/serve.py) with concurrent clients on loopback
     (``serve`` in the JSON; see mt/bench/serving_load.py). Needs ``checkpoint=``."""
     serve_clients: list[int] = field(default_factory=lambda: [1, 8, 32])
     serve_seconds: float = 15.0
     """How long each number of clients sends sentences."""
-    """Rounds over the decoding contestants (mt/bench/decoding_speed.py); the fastest counts."""
 
 
 @dataclass

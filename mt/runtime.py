@@ -101,32 +101,6 @@ def choose_by_timing(
     return PrecisionChoice(chosen, best)
 
 
-def matmul_seconds(
-    dtype: torch.dtype,
-    size: int = 1024,
-    repeats: int = 3,
-    device: torch.device | None = None,
-    shape: tuple[int, int, int] | None = None,
-) -> float:
-    """Best-of-``repeats`` seconds of one (size x size) @ (size x size) multiply, or of one
-    (m x k) @ (k x n) for ``shape=(m, k, n)``, on ``device`` (the CPU by default; synchronised
-    on a GPU)."""
-    device = device or torch.device("cpu")
-    m, k, n = shape or (size, size, size)
-    own = torch.Generator(device).manual_seed(0)  # the global random streams stay untouched
-    a = torch.randn(m, k, device=device, generator=own).to(dtype)
-    b = torch.randn(k, n, device=device, generator=own).to(dtype)
-    a @ b  # first call: kernel selection and buffers
-    best = math.inf
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work (GPU); a no-op on a CPU."""
     if device.type == "cuda":

@@ -66,17 +66,17 @@ def test_with_onednn_held_to_avx2_the_only_candidate_is_fp32(monkeypatch):
 
     monkeypatch.setattr(cpu, "is_x86", lambda: True)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
-    monkeypatch.setattr(runtime, "matmul_seconds", lambda *a, **k: 1 / 0)  # never timed
+    monkeypatch.setattr(runtime, "choose_by_timing", lambda *a, **k: 1 / 0)  # never timed
     for _ in range(3):
         assert runtime.auto_candidates(torch.device("cpu")) == ["fp32"]
 
 
 def test_timing_probes_leave_the_random_streams_alone():
-    from mt import runtime
+    from mt.bench.training_speed import matmul_seconds
 
     state = torch.get_rng_state()
-    runtime.matmul_seconds(torch.float32, size=32, repeats=1)
-    runtime.matmul_seconds(torch.bfloat16, size=32, repeats=1)
+    matmul_seconds(torch.float32, size=32, repeats=1)
+    matmul_seconds(torch.bfloat16, size=32, repeats=1)
     assert torch.equal(torch.get_rng_state(), state)  # dropout masks stay as they would be
 
 

@@ -29,7 +29,7 @@ from mt.data.prepare import prepare_data
 from mt.data.tokenizer import Tokenizer
 from mt.kernels import loss_functions, use_kernels
 from mt.model.transformer import Transformer, build_model
-from mt.runtime import auto_candidates, autocast, matmul_seconds, precision_dtype, sync
+from mt.runtime import auto_candidates, autocast, precision_dtype, sync
 from mt.training.optim import build_optimizer
 from mt.training.precision import choose_training_precision
 
@@ -40,6 +40,32 @@ def parameter_flops_per_step(model: Transformer, src_tokens: int, tgt_tokens: in
     dec = sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder"))
     out = model.embed.weight.numel()  # the tied output layer
     return 6.0 * (enc * src_tokens + (dec + out) * tgt_tokens)
+
+
+def matmul_seconds(
+    dtype: torch.dtype,
+    size: int = 1024,
+    repeats: int = 3,
+    device: torch.device | None = None,
+    shape: tuple[int, int, int] | None = None,
+) -> float:
+    """Best-of-``repeats`` seconds of one (size x size) @ (size x size) multiply, or of one
+    (m x k) @ (k x n) for ``shape=(m, k, n)``, on ``device`` (the CPU by default; synchronised
+    on a GPU)."""
+    device = device or torch.device("cpu")
+    m, k, n = shape or (size, size, size)
+    own = torch.Generator(device).manual_seed(0)  # the global random streams stay untouched
+    a = torch.randn(m, k, device=device, generator=own).to(dtype)
+    b = torch.randn(k, n, device=device, generator=own).to(dtype)
+    a @ b  # first call: kernel selection and buffers
+    best = math.inf
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def matmul_peak(
