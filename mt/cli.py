@@ -2,7 +2,7 @@
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,49 +37,61 @@ def log_to_files(message: str) -> None:
                 handler.handle(record)
 
 
-def check_command_line(script: str, config_name: str) -> None:
-    """Before ``hydra.main`` runs: the options compose, and the run directory can be written.
+def run_script(task: Callable[[Any], Any], script: str, config_name: str) -> None:
+    """What ``hydra.main`` does for a script, with the config composed once, here: a mistake
+    in the options or an unwritable run directory is one line and exit code 2, like every other
+    user error (Hydra would print its own report, or a traceback, and exit 1). Then ``task``
+    runs as a Hydra job: run directory, ``.hydra/`` files, logging and ``HydraConfig`` as usual.
 
-    Each mistake is one line and exit code 2, like every other user error (Hydra itself would
-    print its own report, or a traceback for an unwritable ``hydra.run.dir``, and exit 1).
+    Hydra's own flags (``--help``, ``--cfg job``, ``-m``) are left to ``hydra.main``.
     """
-    with user_errors():
-        config_dir = Path(script).resolve().parent.parent / "configs"
-        hint = f"python {Path(script).name} --cfg job prints every option"
-        cfg = compose_command_line(str(config_dir), config_name, sys.argv[1:], hint)
-        if cfg is None:
-            return
-        run_dir = cfg.hydra.run.dir
-        if cfg.hydra.output_subdir is None and Path(run_dir).is_dir():
-            return  # a command that writes no files (translate)
-        check_output_folder("hydra.run.dir", run_dir)
+    import hydra
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import run_job
+    from hydra.types import HydraContext
 
-
-def compose_command_line(config_dir: str, config_name: str, args: list[str], hint: str) -> Any:
-    """Compose ``config_name`` with the command line's overrides the way ``hydra.main`` will,
-    so that a misspelt option, a value of the wrong type or an unknown choice is one
-    ``ValueError`` naming it (Hydra itself reports those with exit code 1 and its own layout).
-
-    Returns the composed config, Hydra's own node included; None for Hydra's flags (``--help``,
-    ``--cfg``, ``-m``), which are left to Hydra.
-    """
+    config_dir = str(Path(script).resolve().parent.parent / "configs")
+    args = sys.argv[1:]
     if any(arg.startswith("-") for arg in args):
-        return None
+        hydra.main(version_base="1.3", config_path=config_dir, config_name=config_name)(task)()
+        return
+    hint = f"python {Path(script).name} --cfg job prints every option"
+    with initialize_config_dir(config_dir, job_name=Path(script).stem, version_base="1.3"):
+        with user_errors():
+            cfg = compose_command_line(config_name, args, hint)
+            if cfg.hydra.output_subdir is not None or not Path(cfg.hydra.run.dir).is_dir():
+                check_output_folder("hydra.run.dir", cfg.hydra.run.dir)
+        from hydra._internal.callbacks import Callbacks
+
+        context = HydraContext(GlobalHydra.instance().config_loader(), Callbacks(cfg))
+        job = run_job(task, cfg, "hydra.run.dir", None, context, configure_logging=True)
+        job.return_value  # noqa: B018 (raises the task's exception, as hydra.main does)
+
+
+def compose_command_line(config_name: str, args: list[str], hint: str) -> Any:
+    """Compose ``config_name`` (in the initialised config folder) with the command line's
+    overrides as ``hydra.main`` would, Hydra's own node included, so that a misspelt option, a
+    value of the wrong type or an unknown choice is one ``ValueError`` naming it."""
     added = [a for a in args if a.startswith("+") and not a.lstrip("+").startswith("hydra")]
     if added:
         raise ValueError(
             f"{added[0]}: options cannot be added with '+', every option already exists; "
             f"drop the '+' or check the spelling ({hint})"
         )
-    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
+    from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
-            return compose(config_name, overrides=args, return_hydra_config=True)
+        cfg = GlobalHydra.instance().hydra.compose_config(
+            config_name, args, run_mode=RunMode.RUN, with_log_configuration=True
+        )
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(f"{_one_line(err, args)} ({hint})") from None
+    cfg.hydra.mode = RunMode.RUN
+    return cfg
 
 
 def _one_line(err: BaseException, args: list[str]) -> str:

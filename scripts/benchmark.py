@@ -6,20 +6,18 @@ measured matrix-multiply peak, and, with a trained checkpoint, greedy and beam-5
 and BLEU on the test split.
 """
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mt.bench.benchmark import format_table, run_benchmark
 from mt.checks import validate_run_config
-from mt.cli import check_command_line, user_errors
+from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import from_hydra
 
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="benchmark")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         run = from_hydra(cfg)
@@ -31,5 +29,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(__file__, "benchmark")
-    main()
+    run_script(main, __file__, "benchmark")

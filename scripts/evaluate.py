@@ -6,11 +6,10 @@ translations to a file (``output=PATH``, or the run directory).
 
 import json
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mt.cli import check_command_line, user_errors
+from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import from_hydra
 from mt.decoding.evaluation import evaluate_checkpoint
@@ -18,7 +17,6 @@ from mt.decoding.evaluation import evaluate_checkpoint
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         result = evaluate_checkpoint(from_hydra(cfg), HydraConfig.get().runtime.output_dir)
@@ -28,5 +26,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(__file__, "evaluate")
-    main()
+    run_script(main, __file__, "evaluate")

@@ -8,10 +8,9 @@ run's scores): give it to translate.py / evaluate.py as ``checkpoint=DIR``.
 import sys
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
-from mt.cli import check_command_line, user_errors
+from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import from_hydra
 from mt.export.convert import export_checkpoint
@@ -19,7 +18,6 @@ from mt.export.convert import export_checkpoint
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="export")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         ecfg = from_hydra(cfg)
@@ -34,5 +32,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(__file__, "export")
-    main()
+    run_script(main, __file__, "export")

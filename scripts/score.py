@@ -10,11 +10,10 @@ import logging
 import os
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
 from mt.checkpoint import load_model
-from mt.cli import check_command_line, user_errors
+from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import from_hydra
 from mt.data.corpus import read_pairs
@@ -24,7 +23,6 @@ from mt.runtime import use_device
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="score")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     with user_errors():
@@ -52,5 +50,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(__file__, "score")
-    main()
+    run_script(main, __file__, "score")

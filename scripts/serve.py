@@ -11,11 +11,10 @@ import signal
 import socket
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
 from mt.checks import check_serve
-from mt.cli import check_command_line, user_errors
+from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import decode_settings, from_hydra
 from mt.decoding.loading import load_translator
@@ -41,7 +40,6 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="serve")
 def main(cfg: DictConfig) -> None:
     import uvicorn
 
@@ -66,5 +64,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(__file__, "serve")
-    main()
+    run_script(main, __file__, "serve")

@@ -13,13 +13,12 @@ import json
 import logging
 import sys
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from mt.checks import validate_run_config
-from mt.cli import check_command_line, user_errors
+from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import from_hydra
 from mt.training.setup import take_over_model
@@ -30,7 +29,6 @@ log = logging.getLogger("mt")
 
 
 @record  # under torchrun: a failing rank's error is reported as the job's root cause
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         hydra_cfg = HydraConfig.get()
@@ -62,5 +60,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(__file__, "train")
-    main()
+    run_script(main, __file__, "train")

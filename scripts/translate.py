@@ -10,11 +10,10 @@ import logging
 import os
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
 from mt.checks import check_translate
-from mt.cli import check_command_line, user_errors
+from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import decode_settings, from_hydra
 from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
@@ -24,7 +23,6 @@ from mt.plots.attention import attention_writer
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="translate")
 def main(cfg: DictConfig) -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
     with user_errors():
@@ -62,5 +60,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(__file__, "translate")
-    main()
+    run_script(main, __file__, "translate")

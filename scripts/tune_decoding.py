@@ -7,11 +7,10 @@ pass as ``decode.beam_size`` / ``decode.length_penalty`` (training) or ``beam_si
 ``length_penalty`` (evaluate, translate).
 """
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mt.cli import check_command_line, user_errors
+from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import from_hydra
 from mt.decoding.evaluation import tune_decoding
@@ -19,7 +18,6 @@ from mt.decoding.evaluation import tune_decoding
 register_configs()
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="tune_decoding")
 def main(cfg: DictConfig) -> None:
     with user_errors():
         result = tune_decoding(from_hydra(cfg), HydraConfig.get().runtime.output_dir)
@@ -38,5 +36,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_command_line(__file__, "tune_decoding")
-    main()
+    run_script(main, __file__, "tune_decoding")
