@@ -90,6 +90,11 @@ def check_short_budget(t: TrainConfig) -> None:
         raise ValueError(
             f"train.short_budget.subword_alpha={s.subword_alpha} must be 0 (off) or more"
         )
+    if not s.batch_tokens >= 0:
+        raise ValueError(
+            f"train.short_budget.batch_tokens={s.batch_tokens} must be 0 (keep train.batch_tokens) "
+            "or a positive token count"
+        )
 
 
 def check_data(d: DataConfig) -> None:

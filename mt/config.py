@@ -105,6 +105,11 @@ class ShortBudgetConfig:
     """``model.dropout`` for a short budget (unless model.dropout is given on the command line)."""
     subword_alpha: float = 0.0
     """``data.subword_alpha`` for a short budget (unless given on the command line)."""
+    batch_tokens: int = 0
+    """``train.batch_tokens`` for a short budget whose limit is the clock (``max_minutes``), when
+    smaller than it and not given on the command line: the same minutes then buy more updates of
+    fewer tokens each, which an underfitting model learns more from. Kept only if the timed
+    smaller batches still leave the clock as the nearest limit. 0: keep the batch."""
 
 
 @dataclass

@@ -7,9 +7,13 @@ slowly with them. So before the first update the run estimates the passes its bu
 exactly from ``train.max_epochs`` and ``train.max_steps``, and for ``train.max_minutes`` from a
 few timed updates of real training batches. Fewer than ``short_budget.below_epochs`` passes:
 the run trains with ``short_budget.dropout`` and ``short_budget.subword_alpha`` instead of
-``model.dropout`` and ``data.subword_alpha``. An option given on the command line is kept
-either way; a resumed run keeps what it started with. The validation runs that chose the
-settings: docs/results.md ("The default on every CPU").
+``model.dropout`` and ``data.subword_alpha``. When the clock is the limit, a short budget also
+trains on smaller batches (``short_budget.batch_tokens``): on a CPU the tokens per second hardly
+depend on the batch size, so the same minutes buy more, smaller updates, and a model that sees
+its corpus only a few times learns more from them. The smaller batches are timed too, and kept
+only if the clock stays the nearest limit (a step limit would otherwise cut the run's tokens).
+An option given on the command line is kept either way; a resumed run keeps what it started
+with. The validation runs that chose the settings: docs/results.md ("The default on every CPU").
 """
 
 import copy
@@ -25,7 +29,7 @@ import numpy as np
 import torch
 
 from mt.checks import check_data
-from mt.config import RunConfig, run_config_from_dict
+from mt.config import RunConfig, TrainConfig, run_config_from_dict
 from mt.data.batching import ParallelData
 from mt.data.corpus import PreparedData
 from mt.runtime import forked_rng, sync
@@ -38,6 +42,29 @@ log = logging.getLogger("mt.training.trainer")
 
 PACE_WARMUP_UPDATES = 2  # untimed: kernel selection, first allocations
 PACE_TIMED_UPDATES = 6  # their median is the estimate
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What the budget allows at one batch size."""
+
+    epochs: float
+    """Passes over the training split the nearest limit allows (math.inf: no limit is known)."""
+    pace: float | None = None
+    """Seconds per update, timed (only with ``train.max_minutes``)."""
+    updates_per_epoch: float = 1.0
+    batch_tokens: int | None = None
+    """The ``train.batch_tokens`` it was made with."""
+
+    @property
+    def updates(self) -> float:
+        return self.epochs * self.updates_per_epoch
+
+    def clock_nearest(self, t: TrainConfig) -> bool:
+        """Whether ``train.max_minutes`` is the limit that ends the run first."""
+        if self.pace is None or t.max_minutes is None:
+            return False
+        return t.max_minutes * 60 / self.pace / self.updates_per_epoch <= self.epochs * (1 + 1e-9)
 
 
 @dataclass(frozen=True)
@@ -55,6 +82,8 @@ class BudgetFit:
     """Updates the budget allows (``epochs`` x updates per epoch)."""
     minutes: float | None = None
     """``train.max_minutes``, when the clock is the nearest limit."""
+    batch_tokens: int | None = None
+    """``train.batch_tokens`` the run trains with."""
 
     def describe(self) -> str:
         if math.isinf(self.epochs):
@@ -62,10 +91,11 @@ class BudgetFit:
         within = f" in {self.minutes:g} min" if self.minutes else ""
         pace = f"{self.seconds_per_update:.2f} s each, " if self.seconds_per_update else ""
         kind = "short" if self.short else "long"
+        batch = f" train.batch_tokens={self.batch_tokens}" if self.batch_tokens else ""
         return (
             f"about {self.updates:,.0f} updates{within} ({pace}~{self.epochs:.1f} passes over "
             f"the training split): a {kind} budget, model.dropout={self.dropout:g} "
-            f"data.subword_alpha={self.subword_alpha:g}"
+            f"data.subword_alpha={self.subword_alpha:g}{batch}"
         )
 
     def report(self) -> dict:
@@ -76,6 +106,7 @@ class BudgetFit:
             "short": self.short,
             "dropout": self.dropout,
             "subword_alpha": self.subword_alpha,
+            "batch_tokens": self.batch_tokens,
             "seconds_per_update": None if pace is None else round(pace, 4),
             "updates": None if math.isinf(self.updates) else round(self.updates),
         }
@@ -100,33 +131,49 @@ def budget_epochs(
     return epochs, pace
 
 
+def wants_smaller_batches(cfg: RunConfig, estimate: Estimate, given: set[str]) -> bool:
+    """Whether to time ``short_budget.batch_tokens`` too: a short budget that the clock ends,
+    a smaller batch than ``train.batch_tokens``, and no batch size on the command line."""
+    t, s = cfg.train, cfg.train.short_budget
+    return (
+        estimate.epochs < s.below_epochs
+        and estimate.clock_nearest(t)
+        and 0 < s.batch_tokens < t.batch_tokens
+        and "train.batch_tokens" not in given
+    )
+
+
 def fit_to_budget(
     cfg: RunConfig,
-    epochs: float,
+    estimate: Estimate,
     given: set[str],
-    pace: float | None = None,
-    updates_per_epoch: float = 1.0,
+    smaller: Estimate | None = None,
 ) -> tuple[RunConfig, BudgetFit]:
-    """``cfg`` with the short budget's dropout and subword sampling when ``epochs`` is under
-    ``train.short_budget.below_epochs``, except for options in ``given`` (the command line's)."""
-    short_cfg = cfg.train.short_budget
-    short = epochs < short_cfg.below_epochs
+    """``cfg`` with the short budget's dropout and subword sampling when ``estimate.epochs`` is
+    under ``train.short_budget.below_epochs``, except for options in ``given`` (the command
+    line's); and with the batches of ``smaller`` (the estimate at ``short_budget.batch_tokens``)
+    when the budget is short and the clock is still its nearest limit with them."""
+    t, short_cfg = cfg.train, cfg.train.short_budget
+    short = estimate.epochs < short_cfg.below_epochs
     dropout, alpha = cfg.model.dropout, cfg.data.subword_alpha
     if short and "model.dropout" not in given:
         dropout = short_cfg.dropout
     if short and "data.subword_alpha" not in given:
         alpha = short_cfg.subword_alpha
+    chosen = estimate
+    if short and smaller is not None and smaller.clock_nearest(t):
+        chosen = smaller
+    batch = chosen.batch_tokens or t.batch_tokens
     fitted = replace(
         cfg,
         model=replace(cfg.model, dropout=dropout),
         data=replace(cfg.data, subword_alpha=alpha),
+        train=replace(t, batch_tokens=batch),
     )
-    t = cfg.train
-    clock_nearest = pace is not None and (
-        t.max_minutes * 60 / pace / updates_per_epoch <= epochs * (1 + 1e-9)
+    minutes = t.max_minutes if chosen.clock_nearest(t) else None
+    fit = BudgetFit(
+        chosen.epochs, short, dropout, alpha, chosen.pace, chosen.updates, minutes, batch
     )
-    minutes = t.max_minutes if clock_nearest else None
-    fit = BudgetFit(epochs, short, dropout, alpha, pace, epochs * updates_per_epoch, minutes)
     return fitted, fit
 
 
@@ -211,33 +258,41 @@ def fitted_config(
             cfg,
             model=replace(cfg.model, dropout=_kept(cfg, started, given, "model.dropout")),
             data=replace(cfg.data, subword_alpha=_kept(cfg, started, given, "data.subword_alpha")),
+            train=replace(cfg.train, batch_tokens=_kept(cfg, started, given, "train.batch_tokens")),
         ), None
     if not cfg.train.short_budget.below_epochs or cfg.data.streaming:
         return cfg, None
     if cfg.train.init_from:
         given = given | {"model.dropout"}
-    estimate = None
+    estimates = (None, None)
     if dist.is_main:
-        estimate = estimate_epochs(cfg, data.train, probe, precision, dist.world_size)
-    epochs, pace, updates_per_epoch = dist.gather(estimate)[0]
-    fitted, fit = fit_to_budget(cfg, epochs, given, pace, updates_per_epoch)
+        estimate = estimate_budget(cfg, data.train, probe, precision, dist.world_size)
+        smaller = None
+        if wants_smaller_batches(cfg, estimate, given):
+            small_cfg = replace(
+                cfg, train=replace(cfg.train, batch_tokens=cfg.train.short_budget.batch_tokens)
+            )
+            smaller = estimate_budget(small_cfg, data.train, probe, precision, dist.world_size)
+        estimates = (estimate, smaller)
+    estimate, smaller = dist.gather(estimates)[0]
+    fitted, fit = fit_to_budget(cfg, estimate, given, smaller)
     check_data(fitted.data)
     log.info("train.short_budget: %s", fit.describe())
     return fitted, fit
 
 
-def _kept(cfg: RunConfig, started: RunConfig, given: set[str], option: str) -> float:
+def _kept(cfg: RunConfig, started: RunConfig, given: set[str], option: str) -> float | int:
     group, name = option.split(".")
     source = cfg if option in given else started
     return getattr(getattr(source, group), name)
 
 
-def estimate_epochs(
+def estimate_budget(
     cfg: RunConfig, train: ParallelData, model: torch.nn.Module, precision: str, world_size: int
-) -> tuple[float, float | None, float]:
-    """:func:`budget_epochs` for this run: its batches per epoch (of the deterministic
-    segmentation), and updates timed on a copy of ``model`` with its own optimizer; and the
-    updates per epoch."""
+) -> Estimate:
+    """:func:`budget_epochs` for this run at its ``train.batch_tokens``: its batches per epoch
+    (of the deterministic segmentation), and updates timed on a copy of ``model`` with its own
+    optimizer."""
     fixed = getattr(train, "fixed", train)  # sampled subwords: the deterministic encoding
     t = cfg.train
     n_batches = len(fixed.batch_groups(t.batch_tokens, np.random.default_rng(cfg.seed)))
@@ -265,4 +320,5 @@ def estimate_epochs(
                 device=device,
             )
 
-    return (*budget_epochs(cfg, updates_per_epoch, pace), updates_per_epoch)
+    epochs, seconds = budget_epochs(cfg, updates_per_epoch, pace)
+    return Estimate(epochs, seconds, updates_per_epoch, t.batch_tokens)
