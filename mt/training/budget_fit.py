@@ -60,6 +60,10 @@ class Estimate:
     def updates(self) -> float:
         return self.epochs * self.updates_per_epoch
 
+    def short(self, t: TrainConfig) -> bool:
+        """Fewer passes than ``train.short_budget.below_epochs``."""
+        return self.epochs < t.short_budget.below_epochs
+
     def clock_nearest(self, t: TrainConfig) -> bool:
         """Whether ``train.max_minutes`` is the limit that ends the run first."""
         if self.pace is None or t.max_minutes is None:
@@ -136,7 +140,7 @@ def wants_smaller_batches(cfg: RunConfig, estimate: Estimate, given: set[str]) -
     a smaller batch than ``train.batch_tokens``, and no batch size on the command line."""
     t, s = cfg.train, cfg.train.short_budget
     return (
-        estimate.epochs < s.below_epochs
+        estimate.short(t)
         and estimate.clock_nearest(t)
         and 0 < s.batch_tokens < t.batch_tokens
         and "train.batch_tokens" not in given
@@ -154,7 +158,7 @@ def fit_to_budget(
     line's); and with the batches of ``smaller`` (the estimate at ``short_budget.batch_tokens``)
     when the budget is short and the clock is still its nearest limit with them."""
     t, short_cfg = cfg.train, cfg.train.short_budget
-    short = estimate.epochs < short_cfg.below_epochs
+    short = estimate.short(t)
     dropout, alpha = cfg.model.dropout, cfg.data.subword_alpha
     if short and "model.dropout" not in given:
         dropout = short_cfg.dropout
