@@ -6,25 +6,36 @@
 # on disk. Elsewhere, on a machine without a GPU, point pip at PyTorch's CPU index to avoid the
 # multi-GB CUDA build:  MT_TORCH_INDEX=https://download.pytorch.org/whl/cpu bash scripts/setup.sh
 #
-# MT_LOCKED=1 installs the exact versions of requirements-lock.txt (those CI passed with).
+# MT_LOCKED=1 installs the exact versions of requirements-lock.txt (those CI passed with);
+# MT_LOWEST=1 the lowest ones pyproject.toml allows (requirements-lowest.txt, tested in CI).
+# PYTHON picks the interpreter and MT_VENV the folder (default .venv), e.g. for another Python:
+#   PYTHON=python3.10 MT_VENV=.venv-3.10 MT_LOWEST=1 bash scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
+VENV=${MT_VENV:-.venv}
 TORCH_VERSION=${MT_TORCH_VERSION:-2.13.0}
 LOCK=()
-if [ "${MT_LOCKED:-0}" = 1 ]; then
+if [ "${MT_LOCKED:-0}" = 1 ] && [ "${MT_LOWEST:-0}" = 1 ]; then
+    echo "setup: MT_LOCKED=1 and MT_LOWEST=1 ask for two different sets of versions: set one" >&2
+    exit 2
+elif [ "${MT_LOCKED:-0}" = 1 ]; then
     LOCK=(-c requirements-lock.txt)
-    TORCH_VERSION=$(sed -n 's/^torch==//p' requirements-lock.txt)
+elif [ "${MT_LOWEST:-0}" = 1 ]; then
+    LOCK=(-c requirements-lowest.txt)
+fi
+if [ ${#LOCK[@]} -gt 0 ]; then
+    TORCH_VERSION=$(sed -n 's/^torch==//p' "${LOCK[1]}")
 fi
 
-if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
 fi
-pip_install() { .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
+pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@" 2>&1 \
     | grep -v "^WARNING: Location" || true; }
 
-if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     echo "setup: installing torch==$TORCH_VERSION"
     if [ -n "${MT_TORCH_INDEX:-}" ]; then
         pip_install "torch==$TORCH_VERSION" --index-url "$MT_TORCH_INDEX"
@@ -32,8 +43,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
         pip_install "torch==$TORCH_VERSION"
     fi
 fi
-if [ ${#LOCK[@]} -gt 0 ] || ! .venv/bin/python -c "import mt, sentencepiece, datasets, sacrebleu, hydra, tensorboard, ctranslate2, fastapi, uvicorn, httpx, selenium, pytest, ruff, hypothesis, matplotlib" 2>/dev/null; then
-    echo "setup: installing mt and its dependencies${LOCK:+ (requirements-lock.txt)}"
+if [ ${#LOCK[@]} -gt 0 ] || ! "$VENV/bin/python" -c "import mt, sentencepiece, datasets, sacrebleu, hydra, tensorboard, ctranslate2, fastapi, uvicorn, httpx, selenium, pytest, ruff, hypothesis, matplotlib" 2>/dev/null; then
+    echo "setup: installing mt and its dependencies${LOCK:+ (${LOCK[1]})}"
     pip_install -e ".[dev,plot]" "${LOCK[@]}"
 fi
-.venv/bin/python -c "import torch, mt; print(f'setup: ok (torch {torch.__version__}, mt {mt.__version__})')"
+"$VENV/bin/python" -c "import torch, mt, sys; print(f'setup: ok (python {sys.version.split()[0]}, torch {torch.__version__}, mt {mt.__version__})')"
