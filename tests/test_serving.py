@@ -48,9 +48,15 @@ class Server:
             stderr=subprocess.PIPE,
             text=True,
         )
-        line = self.process.stderr.readline()  # "serving PATH on http://127.0.0.1:PORT/"
-        found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
-        assert found, line + self.process.stderr.read()
+        seen, found = [], None
+        for line in self.process.stderr:  # warnings (e.g. int8 without VNNI) may come first
+            seen.append(line)
+            found = re.search(r"http://127\.0\.0\.1:(\d+)/", line)  # "serving PATH on URL"
+            if found:
+                break
+        if not found:  # the server ended (EOF) without serving; never read a live pipe to EOF
+            self.process.kill()
+            raise AssertionError("".join(seen) + self.process.stderr.read())
         self.url = f"http://127.0.0.1:{found.group(1)}"
         self.client = httpx.Client(base_url=self.url, timeout=60)
 
