@@ -16,17 +16,19 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${MT_VENV:-.venv}
 TORCH_VERSION=${MT_TORCH_VERSION:-2.13.0}
-LOCK=()
+LOCK_FILE=
 if [ "${MT_LOCKED:-0}" = 1 ] && [ "${MT_LOWEST:-0}" = 1 ]; then
     echo "setup: MT_LOCKED=1 and MT_LOWEST=1 ask for two different sets of versions: set one" >&2
     exit 2
 elif [ "${MT_LOCKED:-0}" = 1 ]; then
-    LOCK=(-c requirements-lock.txt)
+    LOCK_FILE=requirements-lock.txt
 elif [ "${MT_LOWEST:-0}" = 1 ]; then
-    LOCK=(-c requirements-lowest.txt)
+    LOCK_FILE=requirements-lowest.txt
 fi
-if [ ${#LOCK[@]} -gt 0 ]; then
-    TORCH_VERSION=$(sed -n 's/^torch==//p' "${LOCK[1]}")
+LOCK=()
+if [ -n "$LOCK_FILE" ]; then
+    LOCK=(-c "$LOCK_FILE")
+    TORCH_VERSION=$(sed -n 's/^torch==//p' "$LOCK_FILE")
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -43,8 +45,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
         pip_install "torch==$TORCH_VERSION"
     fi
 fi
-if [ ${#LOCK[@]} -gt 0 ] || ! "$VENV/bin/python" -c "import mt, sentencepiece, datasets, sacrebleu, hydra, tensorboard, ctranslate2, fastapi, uvicorn, httpx, selenium, pytest, ruff, hypothesis, matplotlib" 2>/dev/null; then
-    echo "setup: installing mt and its dependencies${LOCK:+ (${LOCK[1]})}"
+if [ -n "$LOCK_FILE" ] || ! "$VENV/bin/python" -c "import mt, sentencepiece, datasets, sacrebleu, hydra, tensorboard, ctranslate2, fastapi, uvicorn, httpx, selenium, pytest, ruff, hypothesis, matplotlib" 2>/dev/null; then
+    echo "setup: installing mt and its dependencies${LOCK_FILE:+ ($LOCK_FILE)}"
     pip_install -e ".[dev,plot]" "${LOCK[@]}"
 fi
 "$VENV/bin/python" -c "import torch, mt, sys; print(f'setup: ok (python {sys.version.split()[0]}, torch {torch.__version__}, mt {mt.__version__})')"

@@ -11,15 +11,15 @@ import torch
 from mt.bench.benchmark import KERNEL_ENVIRONMENT
 from mt.checkpoint import model_payload, save_checkpoint
 from mt.config import DataConfig, ModelConfig, RunConfig
-from mt.cpu import MATRIX_FLAGS, has_int8_dot_products
+from mt.cpu import MATRIX_FLAGS
 from mt.data.tokenizer import Tokenizer
 from mt.model.transformer import build_model
 from mt.runtime import auto_candidates
-from tests.conftest import synthetic_corpus_overrides, synthetic_sentences, write_corpus
-
-# int8 exports compute in float32 on a CPU without VNNI (mt/export/exported.py).
-INT8_ENGINE = "ctranslate2 (int8)" if has_int8_dot_products() else (
-    "ctranslate2 (int8 weights, float32 compute)"
+from tests.conftest import (
+    INT8_ENGINE,
+    synthetic_corpus_overrides,
+    synthetic_sentences,
+    write_corpus,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,13 +14,8 @@ import pytest
 
 from mt.checkpoint import model_payload, save_checkpoint
 from mt.config import ModelConfig, RunConfig
-from mt.cpu import has_int8_dot_products
 from mt.model.transformer import build_model
-
-# int8 exports compute in float32 on a CPU without VNNI (mt/export/exported.py).
-INT8_ENGINE = "ctranslate2 (int8)" if has_int8_dot_products() else (
-    "ctranslate2 (int8 weights, float32 compute)"
-)
+from tests.conftest import INT8_ENGINE
 
 ROOT = Path(__file__).resolve().parents[1]
 LINES = ["a b c d", "", "e f g", "h i j k l m", "b a"]
