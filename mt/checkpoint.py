@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from mt.config import RunConfig, run_config_from_dict, to_dict
+from mt.data.languages import directions, is_multilingual
 from mt.data.tokenizer import Tokenizer
 from mt.files import METRICS
 from mt.kernels import use_kernels
@@ -197,16 +198,19 @@ def average_checkpoints(paths: list[str | Path], *, other_runs: bool = False) ->
 
 
 def checkpoint_summary(payload: dict[str, Any], path: str | Path) -> dict:
-    """What a checkpoint is, for people and tools: languages, size, step, and the scores its run
+    """What a checkpoint is, for people and tools: languages (or a multilingual model's
+    directions), size, step, and the scores its run
     recorded for it (validation from the checkpoint, test from the run's ``metrics.json`` when
     that tested this very file)."""
     config = run_config_from_dict(payload["config"])
     progress = payload.get("progress") or {}
     validation = [h for h in progress.get("history", []) if h["step"] == progress.get("step")]
+    data, several = config.data, is_multilingual(config.data)
     return {
         "source_checkpoint": str(path),
-        "src_lang": config.data.src_lang,
-        "tgt_lang": config.data.tgt_lang,
+        "src_lang": None if several else data.src_lang,
+        "tgt_lang": None if several else data.tgt_lang,
+        **({"directions": [str(d) for d in directions(data)]} if several else {}),
         "step": progress.get("step"),
         "validation": validation[-1] if validation else None,
         "test": _recorded_test(Path(path)),

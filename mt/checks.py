@@ -104,6 +104,15 @@ def check_data(d: DataConfig) -> None:
         raise ValueError(f"data.invalid_utf8={d.invalid_utf8!r} must be 'error' or 'replace'")
     if d.src_lang == d.tgt_lang:
         raise ValueError(f"data.src_lang and data.tgt_lang are both {d.src_lang!r}")
+    if not (math.isfinite(d.pair_temperature) and d.pair_temperature > 0):
+        raise ValueError(
+            f"data.pair_temperature={d.pair_temperature} must be positive (1: by corpus size)"
+        )
+    if (d.pairs or d.langs) and d.streaming:
+        raise ValueError(
+            "data.streaming=true reads one direction; a multilingual run (data.pairs / "
+            "data.langs) loads its training splits in memory: set data.streaming=false"
+        )
     if d.max_train_pairs is not None and d.max_train_pairs <= 0:
         raise ValueError(f"data.max_train_pairs={d.max_train_pairs} must be positive")
     if not d.subword_alpha >= 0:

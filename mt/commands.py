@@ -34,6 +34,11 @@ class EvaluateConfig(DecodeConfig):
     """``train``/``val``/``test`` (the names configured in data) or a literal split name."""
     output: str | None = None
     """Where to write the translations (default: next to the checkpoint)."""
+    src_lang: str | None = None
+    """The source language (a multilingual model: with ``tgt_lang``, the one direction to
+    score; both left out: every direction it was trained on)."""
+    tgt_lang: str | None = None
+    """The target language: a multilingual model's tag (mt/data/languages.py)."""
     device: str = "auto"
     data: DataOverrides = field(default_factory=DataOverrides)
 
@@ -49,6 +54,11 @@ class TuneDecodingConfig(DecodeConfig):
     """Tune on validation data; the test split is for the final report only."""
     beam_sizes: list[int] = field(default_factory=lambda: [1, 3, 5, 8])
     length_penalties: list[float] = field(default_factory=lambda: [0.6, 1.0, 1.4])
+    src_lang: str | None = None
+    """The source language (a multilingual model: with ``tgt_lang``, the one direction to
+    score; both left out: every direction it was trained on)."""
+    tgt_lang: str | None = None
+    """The target language: a multilingual model's tag (mt/data/languages.py)."""
     device: str = "auto"
     data: DataOverrides = field(default_factory=DataOverrides)
 
@@ -69,6 +79,10 @@ class TranslateConfig(DecodeConfig):
     prefix: bool = False
     """Input lines are ``source<TAB>target prefix``: each translation begins with its prefix
     (as the tokenizer splits the prefix alone), then the search continues."""
+    src_lang: str | None = None
+    """The language of the input, for the log (a multilingual model reads any of its own)."""
+    tgt_lang: str | None = None
+    """The language to translate into: needed by a multilingual model with several targets."""
     device: str = "auto"
 
 
@@ -92,6 +106,8 @@ class ServeConfig(DecodeConfig):
     max_beam_size: int = 16
     max_wait_ms: float = 5.0
     """How long a request waits for others to share its batch."""
+    tgt_lang: str | None = None
+    """A multilingual model: the target of requests that name none (None: they must)."""
     device: str = "auto"
 
 
@@ -107,6 +123,8 @@ class ScoreConfig:
     batch_tokens: int = 6000
     invalid_utf8: str = "error"
     """As ``data.invalid_utf8``: ``error`` names the file and line, ``replace`` uses U+FFFD."""
+    tgt_lang: str | None = None
+    """The language of ``tgt``: a multilingual model's tag (needed with several targets)."""
     device: str = "auto"
 
 

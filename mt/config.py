@@ -31,6 +31,15 @@ class DataConfig:
     """The hub dataset's configuration name, e.g. ``de-en``."""
     src_lang: str = "de"
     tgt_lang: str = "en"
+    pairs: list[str] | None = None
+    """Several directions in one model, e.g. ``[de-en,en-de,fr-en]`` (files ``{split}.{lang}``
+    of each pair): the target language is a tag before the source (mt/data/languages.py).
+    None: the one direction ``src_lang`` -> ``tgt_lang``, untagged."""
+    langs: list[str] | None = None
+    """Every direction between these languages, e.g. ``[de,en,fr]`` (instead of ``pairs``)."""
+    pair_temperature: float = 1.0
+    """Several directions: each one's share of an epoch ~ its size ** (1 / T); 1 = by size,
+    larger values give small directions more (mt/data/languages.py)."""
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test_2016_flickr"

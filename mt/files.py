@@ -8,5 +8,6 @@ METRICS = "metrics.json"  # a finished run's scores and summary
 
 
 def hypothesis_file(split: str, lang: str) -> str:
-    """Translations of ``split`` into ``lang``, one line per source line."""
+    """Translations of ``split`` into ``lang`` (for a multilingual model: a direction,
+    ``de-en``), one line per source line."""
     return f"{split}.{lang}.hyp"

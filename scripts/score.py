@@ -3,7 +3,8 @@
 Prints one line per sentence pair: the model's total log-probability of the target given the
 source (natural log, EOS included), its number of target tokens, and the per-token average,
 tab-separated. The files are read and checked as training reads them (same cleaning, same
-line-count and UTF-8 errors).
+line-count and UTF-8 errors). A multilingual model needs ``tgt_lang=`` (the language of ``tgt``)
+when it has several targets.
 """
 
 import logging
@@ -17,6 +18,7 @@ from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import from_hydra
 from mt.data.corpus import read_pairs
+from mt.data.languages import choose_target
 from mt.decoding.scoring import score_pairs
 from mt.runtime import use_device
 
@@ -38,6 +40,7 @@ def main(cfg: DictConfig) -> None:
             [p["src"] for p in pairs],
             [p["tgt"] for p in pairs],
             batch_tokens=scfg.batch_tokens,
+            tgt_lang=choose_target(loaded.config.data, scfg.tgt_lang),
         )
     if cut:
         print(f"{cut} pair(s) cut to the model's maximum length", file=sys.stderr)

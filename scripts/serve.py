@@ -50,7 +50,13 @@ def main(cfg: DictConfig) -> None:
         scfg = from_hydra(cfg)
         check_serve(scfg)
         sock = listen(scfg.host, scfg.port)
-        translator, _ = load_translator(scfg.checkpoint, decode_settings(scfg), scfg.device)
+        translator, _ = load_translator(
+            scfg.checkpoint,
+            decode_settings(scfg),
+            scfg.device,
+            scfg.tgt_lang,
+            target_required=False,
+        )
         translator.precision()  # ``auto`` is timed now, not during the first request
         app = create_app(translator, scfg, model_info(scfg.checkpoint))
     host, port = sock.getsockname()[:2]

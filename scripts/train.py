@@ -53,8 +53,11 @@ def main(cfg: DictConfig) -> None:
         return
     test = metrics["test"]
     print(json.dumps({"run_dir": run_dir, "test": test, "train": metrics["train"]}, indent=2))
+    for direction, scores in test.get("directions", {}).items():
+        print(f"test BLEU {scores['bleu']:.2f} chrF {scores['chrf']:.2f} {direction}")
+    mean = "mean of the directions, " if "directions" in test else ""
     print(
-        f"test BLEU {test['bleu']:.2f} ({test['split']}, beam {test['beam_size']}) "
+        f"test BLEU {test['bleu']:.2f} ({mean}{test['split']}, beam {test['beam_size']}) "
         f"chrF {test['chrf']:.2f} | {test['bleu_signature']}"
     )
 

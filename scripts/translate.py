@@ -2,6 +2,9 @@
 
 PATH is a ``.pt`` checkpoint or a folder written by ``scripts/export.py`` (CTranslate2).
 
+A multilingual model translates into ``tgt_lang=fr`` (``src_lang=de`` is for the log: a
+direction it was not trained on is translated zero-shot, and said so).
+
 At a terminal it prompts for sentences; in a pipe it reads stdin and writes one translation
 per input line to stdout (``cat in.txt | python scripts/translate.py checkpoint=... > out``).
 """
@@ -16,7 +19,7 @@ from mt.checks import check_translate
 from mt.cli import run_script, user_errors
 from mt.commands import register_configs
 from mt.config import decode_settings, from_hydra
-from mt.decoding.interactive import prompt_loop, text_lines, translate_stream
+from mt.decoding.interactive import note_direction, prompt_loop, text_lines, translate_stream
 from mt.decoding.loading import load_translator
 from mt.plots.attention import attention_writer
 
@@ -28,7 +31,10 @@ def main(cfg: DictConfig) -> None:
     with user_errors():
         tcfg = from_hydra(cfg)
         check_translate(tcfg)
-        translator, _ = load_translator(tcfg.checkpoint, decode_settings(tcfg), tcfg.device)
+        translator, trained = load_translator(
+            tcfg.checkpoint, decode_settings(tcfg), tcfg.device, tcfg.tgt_lang
+        )
+        note_direction(trained.data, tcfg.src_lang, translator.tgt_lang)
         on_line = (
             attention_writer(translator, tcfg.attention_plot, tcfg.attention_layer)
             if tcfg.attention_plot

@@ -11,8 +11,10 @@ from mt.cpu import has_int8_dot_products
 from mt.model.transformer import Transformer
 
 # The engine an int8 export loads as: float32 compute on a CPU without VNNI (mt/export/exported.py).
-INT8_ENGINE = "ctranslate2 (int8)" if has_int8_dot_products() else (
-    "ctranslate2 (int8 weights, float32 compute)"
+INT8_ENGINE = (
+    "ctranslate2 (int8)"
+    if has_int8_dot_products()
+    else ("ctranslate2 (int8 weights, float32 compute)")
 )
 
 

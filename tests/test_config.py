@@ -156,6 +156,15 @@ def test_recipes_compose_and_validate(recipe, model, src, tgt):
         assert cfg.train.precision == "bf16"
 
 
+def test_the_multilingual_recipe_composes_with_its_directions():
+    cfg = compose_run("experiment=multi30k_multilingual")
+    validate_run_config(cfg)
+    assert cfg.data.pairs == ["de-en", "en-de", "fr-en", "en-fr"]
+    assert cfg.model.name == "tiny" and cfg.train.max_minutes == 110
+    with pytest.raises(ValueError, match="data.streaming=true reads one direction"):
+        validate_run_config(compose_run("experiment=multi30k_multilingual", "data.streaming=true"))
+
+
 def test_a_missing_mandatory_option_is_one_line(tmp_path):
     import subprocess
     import sys

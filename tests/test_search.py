@@ -180,3 +180,14 @@ def test_step_loop_reads_the_host_only_every_check_interval(monkeypatch):
 def test_check_every_must_be_positive():
     with pytest.raises(ValueError, match="check_every"):
         greedy_search(small_model(), torch.tensor([[3, 2]]), IDS, check_every=0)
+
+
+def test_ids_never_to_output_are_never_output():
+    # V = 6: pad bos eos a(3) b(4) tag(5); the model would rather say the tag.
+    table = [dist(0, 0, 0.05, 0.2, 0.15, 0.6), dist(0, 0, 0.3, 0.05, 0.05, 0.6)]
+    ids = SpecialIds(pad=0, bos=1, eos=2, never=(5,))
+    src = torch.tensor([[3, 3, 2]])
+    assert greedy_search(ScriptedModel(table), src, ids) == [[3]]
+    assert 5 in greedy_search(ScriptedModel(table), src, IDS)[0]  # not banned: taken
+    for hyp in beam_search(ScriptedModel(table), src, ids, beam_size=3, n_best=3)[0]:
+        assert 5 not in hyp.tokens

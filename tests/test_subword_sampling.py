@@ -84,8 +84,8 @@ def test_prepared_training_data_is_sampled_and_eval_splits_are_not(tmp_path):
     assert sum(len(b.src) for b in one_pass) == len(plain.train)
     assert not [t for t in threading.enumerate() if t.name.startswith("mt-subwords")]
     assert next(sampled.train.windows(epoch=0)).src_ids != plain.train.src_ids
-    assert sampled.val.ids.src_ids == plain.val.ids.src_ids
-    assert sampled.test.ids.tgt_ids == plain.test.ids.tgt_ids
+    assert sampled.val[0].ids.src_ids == plain.val[0].ids.src_ids
+    assert sampled.test[0].ids.tgt_ids == plain.test[0].ids.tgt_ids
     sampled.train.close()
 
 

@@ -23,7 +23,7 @@ def make_validator(tmp_path, **train) -> Validator:
 
 def test_loss_is_the_mean_nll_of_real_target_tokens(tmp_path):
     validator = make_validator(tmp_path)
-    model, val = validator.model, validator.data.val
+    model, (val,) = validator.model, validator.data.val
     model.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -42,19 +42,19 @@ def test_validate_scores_bleu_only_when_asked(tmp_path):
     assert math.isclose(without["val/ppl"], math.exp(without["val/loss"]), rel_tol=1e-9)
     validator = make_validator(tmp_path, val_bleu=True)
     metrics = validator.validate()
-    hyps = validator.translator(beam_size=1).translate(validator.data.val.sources)
-    expected = score(hyps, validator.data.val.references)
+    hyps = validator.translator(beam_size=1).translate(validator.data.val[0].sources)
+    expected = score(hyps, validator.data.val[0].references)
     assert metrics["val/bleu"] == expected.bleu and metrics["val/chrf"] == expected.chrf
     # An untrained model scores ~0: with a translator that outputs every second reference the
     # scores must be those of exactly these outputs (so the equality above compares scoring).
-    refs = validator.data.val.references
+    refs = validator.data.val[0].references
     half = [r if i % 2 == 0 else "" for i, r in enumerate(refs)]
 
     class Echo:
         def translate(self, sources):
             return half
 
-    validator.translator = lambda beam_size: Echo()
+    validator.translator = lambda beam_size, tgt_lang=None: Echo()
     echoed = validator.validate()
     assert echoed["val/bleu"] == score(half, refs).bleu > 10 * max(expected.bleu, 1)
     assert echoed["val/chrf"] == score(half, refs).chrf
@@ -62,11 +62,11 @@ def test_validate_scores_bleu_only_when_asked(tmp_path):
 
 def test_test_pass_writes_the_hypotheses_it_scored(tmp_path):
     validator = make_validator(tmp_path)
-    scores = validator.test(tmp_path)
+    ((test, scores),) = validator.test(tmp_path)
     written = (
-        (tmp_path / hypothesis_file(validator.data.test.name, validator.cfg.data.tgt_lang))
+        (tmp_path / hypothesis_file(test.name, validator.cfg.data.tgt_lang))
         .read_text()
         .splitlines()
     )
-    assert len(written) == len(validator.data.test.sources)
-    assert scores.bleu == score(written, validator.data.test.references).bleu
+    assert len(written) == len(test.sources)
+    assert scores.bleu == score(written, test.references).bleu

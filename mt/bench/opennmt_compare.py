@@ -53,8 +53,8 @@ def export_pieces(data: PreparedData, out: Path, n_val: int = 200) -> dict[str, 
 
     write("train.src", data.train.src_ids)
     write("train.tgt", data.train.tgt_ids)
-    write("val.src", data.val.ids.src_ids[:n_val])
-    write("val.tgt", data.val.ids.tgt_ids[:n_val])
+    write("val.src", data.val[0].ids.src_ids[:n_val])
+    write("val.tgt", data.val[0].ids.tgt_ids[:n_val])
     vocab = out / "vocab.txt"
     vocab.write_text(
         "".join(f"{tok.id_to_piece(i)}\t1\n" for i in range(tok.vocab_size) if i not in specials),

@@ -224,6 +224,20 @@ def lengths_of(ids: Sequence[list[int]] | TokenIds) -> np.ndarray:
     return np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
 
 
+def subset(data: "ParallelData", rows: np.ndarray) -> "ParallelData":
+    """The pairs ``rows`` of ``data`` (in that order, repeats allowed) as data of their own."""
+    if isinstance(data.src_ids, TokenIds) and isinstance(data.tgt_ids, TokenIds):
+        sides = []
+        for ids in (data.src_ids, data.tgt_ids):
+            flat, lengths = ids.take(rows)
+            sides.append(TokenIds(flat.astype(np.int32), np.concatenate([[0], np.cumsum(lengths)])))
+        return ParallelData(*sides, data.tokenizer)
+    rows = rows.tolist()
+    return ParallelData(
+        [data.src_ids[i] for i in rows], [data.tgt_ids[i] for i in rows], data.tokenizer
+    )
+
+
 class ParallelData:
     """Token ids of one split in memory, served as length-bucketed batches."""
 

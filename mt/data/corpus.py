@@ -217,20 +217,28 @@ def _from_translation(batch: dict, src_lang: str, tgt_lang: str) -> dict:
 _PROCESSORS: dict[bytes, Tokenizer] = {}
 
 
-def encode_batch(batch: dict, model_proto: bytes) -> dict:
+def encode_batch(batch: dict, model_proto: bytes, src_prefix: tuple[int, ...] = ()) -> dict:
     tokenizer = _PROCESSORS.get(model_proto)
     if tokenizer is None:
         tokenizer = _PROCESSORS[model_proto] = Tokenizer(model_proto)
-    return {"src_ids": tokenizer.encode(batch["src"]), "tgt_ids": tokenizer.encode(batch["tgt"])}
+    src = tokenizer.encode(batch["src"])
+    if src_prefix:  # a multilingual run's target-language tag (an empty source stays empty)
+        src = [list(src_prefix) + ids if ids else ids for ids in src]
+    return {"src_ids": src, "tgt_ids": tokenizer.encode(batch["tgt"])}
 
 
-def tokenize(ds: datasets.Dataset, tokenizer: Tokenizer, num_proc: int = 1) -> datasets.Dataset:
+def tokenize(
+    ds: datasets.Dataset,
+    tokenizer: Tokenizer,
+    num_proc: int = 1,
+    src_prefix: tuple[int, ...] = (),
+) -> datasets.Dataset:
     """Add ``src_ids`` / ``tgt_ids`` (cached by the dataset and tokenizer fingerprints), in
-    ``num_proc`` processes."""
+    ``num_proc`` processes; ``src_prefix`` ids (a language tag) start every source."""
     return ds.map(
         encode_batch,
         batched=True,
-        fn_kwargs={"model_proto": tokenizer.model_proto},
+        fn_kwargs={"model_proto": tokenizer.model_proto, "src_prefix": tuple(src_prefix)},
         num_proc=num_proc if num_proc > 1 and len(ds) >= 10 * num_proc else None,
     )
 
@@ -289,6 +297,11 @@ class EvalSet:
     sources: list[str]
     references: list[str]
     ids: ParallelData
+    direction: str | None = None
+    """``de-en`` in a multilingual run (its metrics are named by it); None: the run's one
+    direction."""
+    tgt_lang: str | None = None
+    """The target tag the sources are translated with (None: untagged)."""
 
 
 @dataclass
@@ -297,14 +310,26 @@ class PreparedData:
     # or StreamingTrainData (data.streaming) or SampledTrainData (data.subword_alpha): all serve
     # ``windows()``
     train: ParallelData
-    val: EvalSet
-    test: EvalSet
+    val: list[EvalSet]  # one per direction
+    test: list[EvalSet]
     filter_stats: FilterStats
 
 
-def load_eval_set(cfg: DataConfig, split: str, tokenizer: Tokenizer) -> EvalSet:
-    ds = tokenize(load_split(cfg, split), tokenizer, cfg.num_proc)
-    return EvalSet(split, ds["src"], ds["tgt"], ParallelData.from_dataset(ds, tokenizer))
+def load_eval_set(
+    cfg: DataConfig, split: str, tokenizer: Tokenizer, tgt_lang: str | None = None
+) -> EvalSet:
+    """``split`` of the direction ``cfg.src_lang`` -> ``cfg.tgt_lang``; with ``tgt_lang``, its
+    sources carry that language's tag (a multilingual run)."""
+    prefix = (tokenizer.language_tags[tgt_lang],) if tgt_lang else ()
+    ds = tokenize(load_split(cfg, split), tokenizer, cfg.num_proc, prefix)
+    return EvalSet(
+        split,
+        ds["src"],
+        ds["tgt"],
+        ParallelData.from_dataset(ds, tokenizer),
+        direction=f"{cfg.src_lang}-{cfg.tgt_lang}" if tgt_lang else None,
+        tgt_lang=tgt_lang,
+    )
 
 
 def prepare_in_memory(
@@ -344,8 +369,8 @@ def prepare_in_memory(
     return PreparedData(
         tokenizer=tokenizer,
         train=train_data,
-        val=load_eval_set(cfg, cfg.val_split, tokenizer),
-        test=load_eval_set(cfg, cfg.test_split, tokenizer),
+        val=[load_eval_set(cfg, cfg.val_split, tokenizer)],
+        test=[load_eval_set(cfg, cfg.test_split, tokenizer)],
         filter_stats=stats,
     )
 

@@ -199,7 +199,7 @@ def prepare_streaming(
     return PreparedData(
         tokenizer=tokenizer,
         train=train,  # type: ignore[arg-type]
-        val=load_eval_set(cfg, cfg.val_split, tokenizer),
-        test=load_eval_set(cfg, cfg.test_split, tokenizer),
+        val=[load_eval_set(cfg, cfg.val_split, tokenizer)],
+        test=[load_eval_set(cfg, cfg.test_split, tokenizer)],
         filter_stats=train.filter_stats,
     )

@@ -67,17 +67,21 @@ def resample(
     nbest: int,
     seed: list[int],
     max_tokens: int,
+    src_tags: np.ndarray | None = None,
 ) -> ParallelData:
     """A sampled segmentation of the pairs whose deterministic encoding is ``fixed``.
 
     ``seed`` (e.g. [run seed, epoch] or [run seed, epoch, window]) fixes the draw. A pair whose
     sampled encoding would exceed ``max_tokens`` on either side (the limit the pairs were
-    filtered with) keeps its deterministic encoding on that side.
+    filtered with) keeps its deterministic encoding on that side. ``src_tags``: per pair, the
+    language tag id its source starts with (a multilingual run), kept in front of the sample.
     """
     # Distinct seeds for the two sides; SentencePiece takes 32 bits.
     src_seed, tgt_seed = (int(x) for x in np.random.SeedSequence(seed).generate_state(2))
     src = sample_encode(fixed.tokenizer, sources, alpha=alpha, nbest=nbest, seed=src_seed)
     tgt = sample_encode(fixed.tokenizer, targets, alpha=alpha, nbest=nbest, seed=tgt_seed)
+    if src_tags is not None:
+        src = [[tag, *ids] for tag, ids in zip(src_tags.tolist(), src)]
     src = [s if len(s) <= max_tokens else f for s, f in zip(src, fixed.src_ids)]
     tgt = [t if len(t) <= max_tokens else f for t, f in zip(tgt, fixed.tgt_ids)]
     return ParallelData(src, tgt, fixed.tokenizer)
@@ -102,6 +106,7 @@ class SampledTrainData:
         nbest: int,
         seed: int,
         max_tokens: int,
+        src_tags: np.ndarray | None = None,
     ) -> None:
         if not len(fixed) == len(sources) == len(targets):
             raise ValueError(
@@ -111,6 +116,7 @@ class SampledTrainData:
         self.sources, self.targets = sources, targets
         self.tokenizer = fixed.tokenizer
         self.alpha, self.nbest, self.seed, self.max_tokens = alpha, nbest, seed, max_tokens
+        self.src_tags = src_tags  # (N,) tag id per pair, or None (see :func:`resample`)
         self._ahead: ThreadPoolExecutor | None = None
         self._upcoming: tuple[int, Future] | None = None
 
@@ -146,6 +152,7 @@ class SampledTrainData:
             nbest=self.nbest,
             seed=[self.seed, epoch],
             max_tokens=self.max_tokens,
+            src_tags=self.src_tags,
         )
 
     def windows(self, *, skip: int = 0, epoch: int = 0) -> Iterator[ParallelData]:

@@ -8,12 +8,21 @@ checkpoint alone is enough to translate.
 
 import io
 import random
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 import sentencepiece as spm
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+_TAG = re.compile(r"<2(.+)>")
+
+
+def language_tag(lang: str) -> str:
+    """The piece that asks a multilingual model for ``lang`` (``<2fr>``), put before the source
+    (mt/data/languages.py). It is a SentencePiece control symbol: no text encodes to it and it
+    decodes to nothing, so a user's ``<2fr>`` typed in a sentence stays plain text."""
+    return f"<2{lang}>"
 
 
 class Tokenizer:
@@ -24,6 +33,16 @@ class Tokenizer:
     def __init__(self, model_proto: bytes) -> None:
         self.model_proto = model_proto
         self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        self.language_tags = self._language_tags()
+        """Target language -> its tag's id; empty for a single-direction model."""
+
+    def _language_tags(self) -> dict[str, int]:
+        tags = {}
+        for i in range(self.sp.get_piece_size()):
+            match = _TAG.fullmatch(self.sp.id_to_piece(i)) if self.sp.is_control(i) else None
+            if match:
+                tags[match.group(1)] = i
+        return tags
 
     @property
     def vocab_size(self) -> int:
@@ -74,13 +93,15 @@ class Tokenizer:
         model_type: str = "unigram",
         max_sentences: int = 2_000_000,
         seed: int = 1,
+        target_languages: list[str] = (),
     ) -> "Tokenizer":
         """Train on ``texts`` (source and target sentences together).
 
         At most ``max_sentences`` are used, drawn uniformly (reservoir sampling), so memory stays
-        bounded on large corpora.
+        bounded on large corpora. ``target_languages`` reserves a tag piece for each
+        (:func:`language_tag`), numbered right after the four special ids.
         """
-        sample = _reservoir_sample(texts, max_sentences, seed)
+        sample = reservoir_sample(texts, max_sentences, seed)
         if not sample:
             raise ValueError("cannot train SentencePiece: the training split has no text")
         # SentencePiece's own sampler is off: we sampled already, reproducibly.
@@ -94,6 +115,7 @@ class Tokenizer:
             bos_id=BOS_ID,
             eos_id=EOS_ID,
             input_sentence_size=0,
+            control_symbols=[language_tag(lang) for lang in target_languages],
             num_threads=2,
             minloglevel=2,
         )
@@ -119,7 +141,8 @@ class Tokenizer:
         return cls(writer.getvalue())
 
 
-def _reservoir_sample(texts: Iterable[str], k: int, seed: int) -> list[str]:
+def reservoir_sample(texts: Iterable[str], k: int, seed: int) -> list[str]:
+    """At most ``k`` of the non-empty ``texts``, drawn uniformly in one pass."""
     rng = random.Random(seed)
     sample: list[str] = []
     for i, text in enumerate(texts):

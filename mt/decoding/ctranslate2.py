@@ -9,8 +9,9 @@ What the two engines would otherwise do differently is set here:
   cap, mt's beam search forces EOS and scores it; CTranslate2 ends the hypothesis unscored, so
   outputs that reach the cap may differ.)
 - the length penalty: both divide the log-probability, EOS included, by length ** penalty;
-- PAD and BOS are never generated (``suppress_sequences``): both engines take them out of
-  the distribution before normalising it;
+- PAD, BOS and a multilingual model's language tags are never generated
+  (``suppress_sequences``): both engines take them out of the distribution before normalising
+  it;
 - the source is not truncated by CTranslate2 (``max_input_length=0``): lines are cut here.
 """
 
@@ -34,13 +35,19 @@ SUB_BATCH_TOKENS = 512
 class CTranslate2Translator(Translator):
     """Translate with an exported model (:func:`mt.export.exported.load_exported`)."""
 
-    def __init__(self, exported: ExportedModel, settings: DecodeConfig | None = None) -> None:
+    def __init__(
+        self,
+        exported: ExportedModel,
+        settings: DecodeConfig | None = None,
+        tgt_lang: str | None = None,
+    ) -> None:
         self.model = None  # no PyTorch model: nothing for attention plots to hook
         self.exported = exported
-        self._configure(exported.tokenizer, settings, exported.max_positions)
+        self._configure(exported.tokenizer, settings, exported.max_positions, tgt_lang)
         pieces = [self.tokenizer.id_to_piece(i) for i in range(self.tokenizer.vocab_size)]
         self.pieces = pieces
-        self.suppressed = [[pieces[self.ids.pad]], [pieces[self.ids.bos]]]
+        banned = (self.ids.pad, self.ids.bos, *self.ids.never)
+        self.suppressed = [[pieces[i]] for i in banned]
 
     @property
     def device(self) -> torch.device:

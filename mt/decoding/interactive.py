@@ -6,12 +6,16 @@ UTF-8 are replaced (U+FFFD) rather than stopping the stream.
 """
 
 import io
+import logging
 import sys
 from collections.abc import Callable, Iterable
 from typing import BinaryIO, TextIO
 
+from mt.config import DataConfig
+from mt.data.languages import directions, is_multilingual, parse_direction
 from mt.decoding.translator import Translator
 
+log = logging.getLogger(__name__)
 PROMPT = "> "
 LineHook = Callable[[int, str], None]
 
@@ -19,6 +23,22 @@ LineHook = Callable[[int, str], None]
 def one_line(text: str) -> str:
     """Outputs never contain line breaks, so the one-line-per-input contract holds."""
     return " ".join(text.splitlines())
+
+
+def note_direction(trained: DataConfig, src_lang: str | None, tgt_lang: str | None) -> None:
+    """Log the direction of a multilingual model's translations, and whether it was trained
+    (else the model translates it zero-shot, usually worse)."""
+    if not is_multilingual(trained) or tgt_lang is None:
+        return
+    if src_lang is None:
+        log.info("translating into %s", tgt_lang)
+        return
+    direction = parse_direction(f"{src_lang}-{tgt_lang}", "src_lang / tgt_lang")
+    if direction in directions(trained):
+        log.info("translating %s", direction)
+    else:
+        trained_on = ", ".join(str(d) for d in directions(trained))
+        log.warning("%s was not trained (only %s): translating zero-shot", direction, trained_on)
 
 
 def translate_stream(

@@ -7,6 +7,7 @@ import torch
 
 from mt.checkpoint import load_model
 from mt.config import DecodeConfig, RunConfig
+from mt.data.languages import choose_target
 from mt.decoding.ctranslate2 import CTranslate2Translator
 from mt.decoding.ensemble import Ensemble
 from mt.decoding.translator import Translator
@@ -23,14 +24,27 @@ def checkpoint_paths(checkpoint: Any) -> list[str]:
 
 
 def load_translator(
-    checkpoint: Any, settings: DecodeConfig, device: str = "auto"
+    checkpoint: Any,
+    settings: DecodeConfig,
+    device: str = "auto",
+    tgt_lang: str | None = None,
+    *,
+    target_required: bool = True,
 ) -> tuple[Translator, RunConfig]:
-    """The translator for ``checkpoint`` with ``settings``, and the config the (first) model
-    was trained with.
+    """The translator for ``checkpoint`` with ``settings``, into ``tgt_lang`` (checked against
+    the model's directions: mt/data/languages.py), and the config the (first) model was
+    trained with. A multilingual model with several targets needs ``tgt_lang`` unless not
+    ``target_required`` (then each call names it: :meth:`Translator.with_target`).
 
     A folder is read as a CTranslate2 export (CPU, in the type it was exported in); a file as a
     checkpoint, translated by mt's own search on ``device``; several files as an ensemble
     (mt/decoding/ensemble.py). ``settings.threads`` sets the CPU threads."""
+    translator, config = _load(checkpoint, settings, device)
+    target = choose_target(config.data, tgt_lang, required=target_required)
+    return translator.with_target(target), config
+
+
+def _load(checkpoint: Any, settings: DecodeConfig, device: str) -> tuple[Translator, RunConfig]:
     paths = checkpoint_paths(checkpoint)
     if len(paths) == 1 and is_exported(paths[0]):
         exported = load_exported(paths[0], threads=settings.threads)

@@ -33,11 +33,14 @@ def score_pairs(
     targets: list[str],
     *,
     batch_tokens: int = 6000,
+    tgt_lang: str | None = None,
 ) -> tuple[list[PairScore], int]:
     """One score per pair, in order; and how many pairs had a side cut to the model's maximum
-    length (source + EOS and BOS + target must fit its positional table)."""
+    length (source + EOS and BOS + target must fit its positional table). ``tgt_lang``: the
+    targets' language, whose tag starts each source (a multilingual model)."""
     limit = model.max_positions - 1
-    src_ids = tokenizer.encode(sources)
+    prefix = [tokenizer.language_tags[tgt_lang]] if tgt_lang is not None else []
+    src_ids = [prefix + ids for ids in tokenizer.encode(sources)]
     tgt_ids = tokenizer.encode(targets)
     cut = sum(1 for s, t in zip(src_ids, tgt_ids) if len(s) > limit or len(t) > limit)
     src_ids = [s[:limit] for s in src_ids]

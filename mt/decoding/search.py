@@ -38,6 +38,17 @@ class SpecialIds:
     pad: int
     bos: int
     eos: int
+    never: tuple[int, ...] = ()  # other ids no output may hold (a multilingual model's tags)
+
+
+def ban_specials(logits: Tensor, ids: SpecialIds) -> None:
+    """In place: PAD, BOS and ``ids.never`` can never be output: they leave the distribution
+    before it is normalised, so scores are log-probabilities over the tokens a translation can
+    hold."""
+    logits[:, ids.pad] = -torch.inf
+    logits[:, ids.bos] = -torch.inf
+    if ids.never:
+        logits[:, list(ids.never)] = -torch.inf
 
 
 @dataclass
@@ -143,8 +154,7 @@ def greedy_search(
     for step in range(1, longest + 1):
         # float32 whatever the model computes in: a bf16 argmax is slow on CPUs and ties often.
         logits = model.decode_step(tokens, state).float()  # (b, V)
-        logits[:, ids.pad] = -torch.inf
-        logits[:, ids.bos] = -torch.inf
+        ban_specials(logits, ids)
         tokens = choose(logits) if choose is not None else logits.argmax(dim=-1)  # (b,)
         if (forced := forced_tokens(prefix, active, step, ids.pad)) is not None:
             tokens = torch.where(forced != ids.pad, forced, tokens)
@@ -293,10 +303,7 @@ def beam_search(
     beams = Beams.start(src.size(0), k, longest, ids, device)
     for step in range(1, longest + 1):
         logits = model.decode_step(beams.prefixes[:, -1], state).float()  # (b*K, V)
-        # PAD and BOS can never be output: they leave the distribution before it is normalised,
-        # so scores are log-probabilities over the tokens a translation can hold.
-        logits[:, ids.pad] = -torch.inf
-        logits[:, ids.bos] = -torch.inf
+        ban_specials(logits, ids)
         log_probs = logits.log_softmax(-1)
         if (forced := forced_tokens(prefix, beams.active, step, ids.pad)) is not None:
             force_prefix(log_probs, forced.repeat_interleave(k), ids.pad)

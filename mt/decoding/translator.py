@@ -42,23 +42,50 @@ class Translator:
     engine supplies :meth:`_search` (mt/decoding/ctranslate2.py is the other one)."""
 
     def __init__(
-        self, model: Transformer, tokenizer: Tokenizer, settings: DecodeConfig | None = None
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        settings: DecodeConfig | None = None,
+        tgt_lang: str | None = None,
     ) -> None:
         self.model = model
         self.precisions = PrecisionModels(model)  # the model in the precision a search runs in
-        self._configure(tokenizer, settings, model.max_positions)
+        self._configure(tokenizer, settings, model.max_positions, tgt_lang)
 
     def _configure(
-        self, tokenizer: Tokenizer, settings: DecodeConfig | None, max_positions: int
+        self,
+        tokenizer: Tokenizer,
+        settings: DecodeConfig | None,
+        max_positions: int,
+        tgt_lang: str | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.settings = decode_settings(settings) if settings is not None else DecodeConfig()
         check_decode(self.settings)
-        self.ids = SpecialIds(pad=tokenizer.pad_id, bos=tokenizer.bos_id, eos=tokenizer.eos_id)
+        tags = tuple(tokenizer.language_tags.values())  # never output (mt/data/multilingual.py)
+        self.ids = SpecialIds(
+            pad=tokenizer.pad_id, bos=tokenizer.bos_id, eos=tokenizer.eos_id, never=tags
+        )
         self.max_positions = max_positions
         # Source ids + EOS must fit the positional table.
         self.max_src_tokens = max_positions - 1
         self._generator: torch.Generator | None = None  # sampling's, made on first use
+        self._target(tgt_lang)
+
+    def _target(self, tgt_lang: str | None) -> None:
+        """Translate into ``tgt_lang``: a multilingual model's sources start with its tag."""
+        tags = self.tokenizer.language_tags
+        if tgt_lang is not None and tgt_lang not in tags:
+            known = ", ".join(tags) if tags else "one language only (no tags)"
+            raise ValueError(f"tgt_lang={tgt_lang}: this model translates into {known}")
+        self.tgt_lang = tgt_lang
+        self.source_prefix = [tags[tgt_lang]] if tgt_lang is not None else []
+
+    def with_target(self, tgt_lang: str | None) -> "Translator":
+        """The same model and settings translating into ``tgt_lang`` (a multilingual model)."""
+        other = copy.copy(self)
+        other._target(tgt_lang)
+        return other
 
     def with_settings(self, settings: DecodeConfig) -> "Translator":
         """The same model and engine with other decode settings (nothing is loaded again)."""
@@ -95,7 +122,7 @@ class Translator:
         n_best = self.settings.n_best if n_best is None else n_best
         if n_best > self.beam_size and not self.settings.sampling:
             raise ValueError(f"n_best={n_best} cannot exceed beam_size={self.beam_size}")
-        encoded = self.tokenizer.encode([clean_line(line) for line in lines])
+        encoded = self.encode(lines, warn=False)
         cut = {n for n, ids in enumerate(encoded) if len(ids) > self.max_src_tokens}
         encoded = self.cut(encoded)
         forced = self.tokenizer.encode([clean_line(p) for p in prefixes]) if prefixes else None
@@ -120,9 +147,19 @@ class Translator:
         finally:
             self.model.train(was_training)
 
-    def encode(self, lines: list[str]) -> list[list[int]]:
-        """Subword ids of each line as the model sees it: cleaned, cut to the maximum length."""
-        return self.cut(self.tokenizer.encode([clean_line(line) for line in lines]))
+    def encode(self, lines: list[str], *, warn: bool = True) -> list[list[int]]:
+        """Subword ids of each line as the model sees it: cleaned, behind the target language's
+        tag (a multilingual model; an empty line stays empty), cut to the maximum length (with
+        a warning each, unless ``warn`` is off: then not cut)."""
+        tags = self.tokenizer.language_tags
+        if tags and self.tgt_lang is None:
+            raise ValueError(
+                f"this model translates into {', '.join(tags)}: choose one with tgt_lang=..."
+            )
+        encoded = self.tokenizer.encode([clean_line(line) for line in lines])
+        if self.source_prefix:
+            encoded = [self.source_prefix + ids if ids else ids for ids in encoded]
+        return self.cut(encoded) if warn else encoded
 
     def cut(self, encoded: list[list[int]]) -> list[list[int]]:
         """Id lists longer than the model's maximum cut to it, each with a warning."""

@@ -20,7 +20,7 @@ from mt.commands import ServeConfig
 from mt.decoding.translator import Translator
 from mt.plots.attention import cross_attention
 from mt.serving.batcher import Batcher
-from mt.serving.requests import RequestError, parse_translate
+from mt.serving.requests import Languages, RequestError, parse_translate
 
 log = logging.getLogger("mt.serving")
 STATIC = Path(__file__).parent / "static"
@@ -30,6 +30,9 @@ KEY_COOKIE = "mt_api_key"
 def create_app(translator: Translator, cfg: ServeConfig, info: dict) -> FastAPI:
     """The app for one loaded model; ``info`` is what ``/info`` says about it."""
     api_key = cfg.api_key or os.environ.get("MT_API_KEY") or None
+    languages = Languages(
+        list(translator.tokenizer.language_tags), info.get("tgt_lang"), translator.tgt_lang
+    )
     batcher = Batcher(
         translate_function(translator),
         lambda lines: sum(len(ids) + 1 for ids in translator.tokenizer.encode(lines)),
@@ -46,7 +49,7 @@ def create_app(translator: Translator, cfg: ServeConfig, info: dict) -> FastAPI:
     app = FastAPI(title="mt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
     _errors(app)
-    _routes(app, translator, cfg, info, batcher)
+    _routes(app, translator, cfg, info, batcher, languages)
 
     @app.middleware("http")
     async def require_key(request: Request, call_next):
@@ -92,7 +95,14 @@ def _errors(app: FastAPI) -> None:
         return JSONResponse({"error": "internal error (logged by the server)"}, status_code=500)
 
 
-def _routes(app: FastAPI, translator: Translator, cfg: ServeConfig, info: dict, batcher) -> None:
+def _routes(
+    app: FastAPI,
+    translator: Translator,
+    cfg: ServeConfig,
+    info: dict,
+    batcher: Batcher,
+    languages: Languages,
+) -> None:
     @app.get("/health")
     async def health():
         return {"status": "ok"}
@@ -107,7 +117,9 @@ def _routes(app: FastAPI, translator: Translator, cfg: ServeConfig, info: dict, 
                 "length_penalty": cfg.length_penalty,
                 "max_len_a": cfg.max_len_a,
                 "max_len_b": cfg.max_len_b,
+                "tgt_lang": languages.default,
             },
+            "target_languages": languages.targets,
             "limits": {
                 "max_lines": cfg.max_lines,
                 "max_line_chars": cfg.max_line_chars,
@@ -122,13 +134,14 @@ def _routes(app: FastAPI, translator: Translator, cfg: ServeConfig, info: dict, 
     @app.post("/translate")
     async def translate(request: Request):
         body = await _read_body(request, cfg.max_body_bytes)
-        lines, beam, n_best, attention = parse_translate(body, cfg)
+        lines, beam, n_best, attention, tgt_lang = parse_translate(body, cfg, languages)
         if attention and translator.model is None:
             raise RequestError(
                 422, "attention needs a model served from a .pt checkpoint (this one is exported)"
             )
-        entries = await batcher.submit(lines, (beam, n_best), attention=attention)
-        return {"translations": entries, "beam_size": beam, "n_best": n_best}
+        entries = await batcher.submit(lines, (beam, n_best, tgt_lang), attention=attention)
+        answer = {"translations": entries, "beam_size": beam, "n_best": n_best}
+        return {**answer, "tgt_lang": tgt_lang} if languages.targets else answer
 
     @app.get("/")
     async def page():
@@ -159,8 +172,9 @@ def translate_function(translator: Translator):
     """The batcher's work, on the model thread: search, then (when asked) attention."""
 
     def run(settings: tuple, lines: list[str], attention: list[bool]) -> list[dict]:
-        beam, n_best = settings
+        beam, n_best, tgt_lang = settings
         search = translator.with_settings(replace(translator.settings, beam_size=beam))
+        search = search.with_target(tgt_lang)
         nbests = search.translate_nbest(lines, n_best=n_best)
         out = []
         for line, nbest, wants in zip(lines, nbests, attention):

@@ -19,7 +19,7 @@ from typing import Any
 @dataclass
 class Job:
     lines: list[str]
-    settings: tuple  # (beam_size, n_best): requests share a search only with equal settings
+    settings: tuple  # (beam_size, n_best, tgt_lang): requests share a search only if equal
     tokens: int
     future: asyncio.Future
     extra: dict = field(default_factory=dict)  # e.g. attention=True

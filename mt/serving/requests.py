@@ -1,6 +1,7 @@
 """What a client may send, checked: one place for every 4xx answer and its message."""
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -17,6 +18,7 @@ class TranslateRequest(BaseModel):
     beam_size: int | None = None
     n_best: int | None = None
     attention: bool = False
+    tgt_lang: str | None = None
 
 
 class RequestError(Exception):
@@ -27,8 +29,38 @@ class RequestError(Exception):
         self.status, self.message = status, message
 
 
-def parse_translate(body: bytes, limits: ServeConfig) -> tuple[list[str], int, int, bool]:
-    """A request body -> (lines, beam_size, n_best, attention), or a :class:`RequestError`."""
+@dataclass
+class Languages:
+    """What the served model translates into: a multilingual model's tags (``targets``), or
+    the one target of a single-direction model (``single``)."""
+
+    targets: list[str]
+    single: str | None
+    default: str | None = None  # serve's tgt_lang: for requests that name none
+
+    def choose(self, requested: str | None) -> str | None:
+        """The tag a request translates with (None: untagged), or a 422 naming the choices."""
+        if not self.targets:
+            if requested not in (None, self.single):
+                raise RequestError(
+                    422, f"tgt_lang={requested}: this model translates into {self.single} only"
+                )
+            return None
+        lang = requested or self.default or (self.targets[0] if len(self.targets) == 1 else None)
+        if lang is None:
+            raise RequestError(
+                422, f"tgt_lang is required: this model translates into {', '.join(self.targets)}"
+            )
+        if lang not in self.targets:
+            raise RequestError(
+                422, f"tgt_lang={lang}: this model translates into {', '.join(self.targets)}"
+            )
+        return lang
+
+
+def parse_translate(body: bytes, limits: ServeConfig, languages: Languages) -> tuple:
+    """A request body -> (lines, beam_size, n_best, attention, tgt_lang), or a
+    :class:`RequestError`."""
     try:
         raw: Any = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
@@ -57,4 +89,4 @@ def parse_translate(body: bytes, limits: ServeConfig) -> tuple[list[str], int, i
     n_best = 1 if request.n_best is None else request.n_best
     if not 1 <= n_best <= beam:
         raise RequestError(422, f"n_best={n_best} must be between 1 and beam_size={beam}")
-    return lines, beam, n_best, request.attention
+    return lines, beam, n_best, request.attention, languages.choose(request.tgt_lang)

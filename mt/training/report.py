@@ -39,6 +39,17 @@ def training_metrics(loss: float, speed: float, lr: float, p: Progress) -> dict[
     }
 
 
+def test_metrics(test: dict) -> dict[str, float]:
+    """The test scores as logged metrics: ``test/bleu``, ``test/chrf`` (of several directions:
+    their means) and each direction's ``test/de-en/bleu``..."""
+    metrics = {"test/bleu": test["bleu"], "test/chrf": test["chrf"]}
+    for direction, scores in test.get("directions", {}).items():
+        metrics.update(
+            {f"test/{direction}/bleu": scores["bleu"], f"test/{direction}/chrf": scores["chrf"]}
+        )
+    return metrics
+
+
 def run_summary(
     p: Progress, stats: FilterStats, *, stopped_early: bool, parameters: int, device: torch.device
 ) -> dict:
@@ -109,20 +120,29 @@ def final_test(
 
 
 def test_pass(validator: Validator, cfg: RunConfig, run_dir: Path) -> dict:
-    """Score the model on the test split (the only place the test split is used)."""
-    test_scores = validator.test(run_dir)
-    log.info(
-        "test %s: BLEU %.2f chrF %.2f (%s)",
-        validator.data.test.name,
-        test_scores.bleu,
-        test_scores.chrf,
-        test_scores.bleu_signature,
-    )
-    return {
-        "test": {
-            "split": validator.data.test.name,
-            "beam_size": cfg.decode.beam_size,
-            "length_penalty": cfg.decode.length_penalty,
-            **test_scores.as_dict(),
-        }
+    """Score the model on the test split (the only place the test split is used); of several
+    directions, each one's scores and their mean."""
+    results = validator.test(run_dir)
+    for test, scores in results:
+        log.info(
+            "test %s%s: BLEU %.2f chrF %.2f (%s)",
+            test.name,
+            f" {test.direction}" if test.direction else "",
+            scores.bleu,
+            scores.chrf,
+            scores.bleu_signature,
+        )
+    first = results[0][1]
+    summary = {
+        "split": results[0][0].name,
+        "beam_size": cfg.decode.beam_size,
+        "length_penalty": cfg.decode.length_penalty,
+        **first.as_dict(),
     }
+    if len(results) > 1 or results[0][0].direction:
+        n = len(results)
+        summary["bleu"] = round(sum(s.bleu for _, s in results) / n, 2)
+        summary["chrf"] = round(sum(s.chrf for _, s in results) / n, 2)
+        summary["bleu_lowercase"] = round(sum(s.bleu_lowercase for _, s in results) / n, 2)
+        summary["directions"] = {t.direction: s.as_dict() for t, s in results}
+    return {"test": summary}

@@ -190,7 +190,7 @@ class Trainer:
         """Log, keep ``best.pt`` (highest val BLEU, or lowest loss without BLEU), save last."""
         p = self.progress
         self.logger.log_dict(metrics, p.step)
-        if self.attention_plots and self.data.val.sources:
+        if self.attention_plots and self.data.val[0].sources:
             self.attention_plots = self.validator.log_attention(self.logger, p.step)
         p.history.append({"step": p.step, **metrics})
         self.display.validated(metrics, p.step)
@@ -387,10 +387,7 @@ class Trainer:
         )
         if self.cfg.train.test_at_end:
             metrics.update(report.final_test(self.files, self.model, self.validator, self.progress))
-            self.logger.log_dict(
-                {"test/bleu": metrics["test"]["bleu"], "test/chrf": metrics["test"]["chrf"]},
-                self.progress.step,
-            )
+            self.logger.log_dict(report.test_metrics(metrics["test"]), self.progress.step)
         (self.run_dir / files.METRICS).write_text(json.dumps(metrics, indent=2))
         self.logger.close()
         return metrics

@@ -36,8 +36,8 @@ class Validator:
     device: torch.device
 
     @torch.inference_mode()
-    def loss(self, eval_set: EvalSet) -> float:
-        """Per-token NLL (no smoothing) with teacher forcing."""
+    def loss_sum(self, eval_set: EvalSet) -> tuple[float, int]:
+        """Summed NLL (no smoothing) with teacher forcing, and the target tokens it covers."""
         self.model.eval()
         total, n_tokens = 0.0, 0
         nll = loss_functions(self.cfg.model.kernels).label_smoothed_nll
@@ -47,36 +47,54 @@ class Validator:
             _, nll_sum, _ = nll(logits, batch.tgt_out, epsilon=0.0, pad_id=self.tokenizer.pad_id)
             total += float(nll_sum)
             n_tokens += batch.n_tgt_tokens
+        return total, n_tokens
+
+    def loss(self, eval_set: EvalSet) -> float:
+        """Per-token NLL (no smoothing) with teacher forcing."""
+        total, n_tokens = self.loss_sum(eval_set)
         return total / max(n_tokens, 1)
 
-    def translator(self, beam_size: int) -> Translator:
-        """The run's decode settings (``decode.*``) with ``beam_size``."""
-        return Translator(
-            self.model, self.tokenizer, replace(self.cfg.decode, beam_size=beam_size, n_best=1)
-        )
+    def translator(self, beam_size: int, tgt_lang: str | None = None) -> Translator:
+        """The run's decode settings (``decode.*``) with ``beam_size``, into ``tgt_lang`` (the
+        tag of a multilingual model; None: untagged)."""
+        settings = replace(self.cfg.decode, beam_size=beam_size, n_best=1)
+        return Translator(self.model, self.tokenizer, settings, tgt_lang=tgt_lang)
 
     @staticmethod
     def selection_score(metrics: dict[str, float]) -> float:
-        """What ``best.pt`` is kept by (higher is better): validation BLEU, or minus the loss
-        without ``train.val_bleu``."""
+        """What ``best.pt`` is kept by (higher is better): validation BLEU (of several
+        directions: their mean), or minus the loss without ``train.val_bleu``."""
         return metrics.get("val/bleu", -metrics["val/loss"])
 
     def validate(self) -> dict[str, float]:
         """Loss and perplexity; greedy BLEU and chrF too with ``train.val_bleu`` (which then
-        selects ``best.pt``: cheap enough to run at every validation, and what is reported)."""
-        val = self.data.val
-        loss = self.loss(val)
-        metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
-        if self.cfg.train.val_bleu:
-            hyps = self.translator(beam_size=1).translate(val.sources)
-            scores = score(hyps, val.references)
-            metrics.update({"val/bleu": scores.bleu, "val/chrf": scores.chrf})
-        return metrics
+        selects ``best.pt``: cheap enough to run at every validation, and what is reported).
+        Several directions: each one's as ``val/de-en/bleu`` etc., ``val/bleu`` / ``val/chrf``
+        their means and ``val/loss`` the loss over all their tokens."""
+        metrics, total, n_tokens, bleu, chrf = {}, 0.0, 0, [], []
+        for val in self.data.val:
+            name = "val/" if val.direction is None else f"val/{val.direction}/"
+            set_total, set_tokens = self.loss_sum(val)
+            total, n_tokens = total + set_total, n_tokens + set_tokens
+            metrics[name + "loss"] = set_total / max(set_tokens, 1)
+            if self.cfg.train.val_bleu:
+                hyps = self.translator(beam_size=1, tgt_lang=val.tgt_lang).translate(val.sources)
+                scores = score(hyps, val.references)
+                metrics.update({name + "bleu": scores.bleu, name + "chrf": scores.chrf})
+                bleu.append(scores.bleu)
+                chrf.append(scores.chrf)
+        loss = total / max(n_tokens, 1)
+        means = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+        if bleu:
+            means.update({"val/bleu": round(sum(bleu) / len(bleu), 2)})
+            means.update({"val/chrf": round(sum(chrf) / len(chrf), 2)})
+        return {**means, **metrics}
 
     def attention_figure(self):
         """The first validation sentence's cross-attention (last layer) as a figure; raises
         ImportError without matplotlib."""
-        return plot(cross_attention(self.translator(beam_size=1), self.data.val.sources[0]))
+        val = self.data.val[0]
+        return plot(cross_attention(self.translator(1, val.tgt_lang), val.sources[0]))
 
     def log_attention(self, logger: MetricLogger, step: int) -> bool:
         """Log the first validation sentence's cross-attention as a TensorBoard image; False
@@ -94,12 +112,14 @@ class Validator:
         plt.close(figure)
         return True
 
-    def test(self, out_dir: Path) -> Scores:
-        """Translate the test split with the run's beam settings, write the hypotheses to
-        ``out_dir`` (:func:`mt.files.hypothesis_file`) and score them."""
-        test = self.data.test
-        hyps = self.translator(beam_size=self.cfg.decode.beam_size).translate(test.sources)
-        (out_dir / hypothesis_file(test.name, self.cfg.data.tgt_lang)).write_text(
-            "".join(h + "\n" for h in hyps)
-        )
-        return score(hyps, test.references)
+    def test(self, out_dir: Path) -> list[tuple[EvalSet, Scores]]:
+        """Translate the test split of each direction with the run's beam settings, write the
+        hypotheses to ``out_dir`` (:func:`mt.files.hypothesis_file`) and score them."""
+        results = []
+        for test in self.data.test:
+            translator = self.translator(self.cfg.decode.beam_size, test.tgt_lang)
+            hyps = translator.translate(test.sources)
+            into = test.direction or self.cfg.data.tgt_lang
+            (out_dir / hypothesis_file(test.name, into)).write_text("".join(h + "\n" for h in hyps))
+            results.append((test, score(hyps, test.references)))
+        return results

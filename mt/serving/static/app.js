@@ -14,7 +14,7 @@ async function translate() {
     const response = await fetch("/translate", {
       method: "POST",
       headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ text: lines, beam_size: beam, n_best: nbest, attention: true }),
+      body: JSON.stringify(request(lines, beam, nbest)),
     });
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || response.statusText);
@@ -25,6 +25,12 @@ async function translate() {
   } finally {
     $("translate").disabled = false;
   }
+}
+
+function request(lines, beam, nbest) {
+  const body = { text: lines, beam_size: beam, n_best: nbest, attention: true };
+  if (!$("target").hidden) body.tgt_lang = $("tgt_lang").value;
+  return body;
 }
 
 function status(text, error = false) {
@@ -103,8 +109,17 @@ async function describe() {
     const response = await fetch("/info");
     if (!response.ok) return;
     const info = await response.json();
-    $("model").textContent = `${info.src_lang} → ${info.tgt_lang} · ${info.engine}`;
     $("beam").value = info.decode.beam_size;
+    const targets = info.target_languages || [];
+    if (targets.length === 0) {
+      $("model").textContent = `${info.src_lang} → ${info.tgt_lang} · ${info.engine}`;
+      return;
+    }
+    // A multilingual model: its directions, and a choice of target language.
+    $("model").textContent = `${info.directions.join(", ")} · ${info.engine}`;
+    for (const lang of targets) $("tgt_lang").append(new Option(lang, lang));
+    if (info.decode.tgt_lang) $("tgt_lang").value = info.decode.tgt_lang;
+    $("target").hidden = false;
   } catch (err) { /* the page works without it */ }
 }
 
