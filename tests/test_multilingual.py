@@ -224,6 +224,14 @@ def test_the_export_translates_each_direction_as_the_checkpoint(trained, tmp_pat
         ours, _ = load_translator(run / "best.pt", DecodeConfig(beam_size=1), "cpu", lang)
         theirs, _ = load_translator(tmp_path / "ct2", DecodeConfig(beam_size=1), "cpu", lang)
         assert theirs.translate(sources) == ours.translate(sources)
+    # Prefixes and n-best lists work with a target language, in both engines.
+    beam = DecodeConfig(beam_size=3, n_best=3)
+    for path in (run / "best.pt", tmp_path / "ct2"):
+        translator, _ = load_translator(path, beam, "cpu", "xx")
+        prefix = synthetic_sentences(1, seed=0)[0].split()[0]
+        nbest = translator.translate_nbest(sources[:2], prefixes=[prefix, ""])
+        assert [len(n) for n in nbest] == [3, 3]
+        assert all(t.text.startswith(prefix) for t in nbest[0])
 
 
 @pytest.fixture(scope="module")
