@@ -355,23 +355,36 @@ def prepare_in_memory(
         max_len_ratio=cfg.max_len_ratio,
     )
     log_filter_stats(stats, cfg)
-    train_data = ParallelData.from_dataset(train_ids, tokenizer)
-    if cfg.subword_alpha > 0:
-        train_data = SampledTrainData(
-            train_data,
-            list(train_ids["src"]),
-            list(train_ids["tgt"]),
-            alpha=cfg.subword_alpha,
-            nbest=cfg.subword_nbest,
-            seed=seed,
-            max_tokens=cfg.max_tokens,
-        )
     return PreparedData(
         tokenizer=tokenizer,
-        train=train_data,
+        train=training_data(train_ids, tokenizer, cfg, seed),
         val=[load_eval_set(cfg, cfg.val_split, tokenizer)],
         test=[load_eval_set(cfg, cfg.test_split, tokenizer)],
         filter_stats=stats,
+    )
+
+
+def training_data(
+    ds: datasets.Dataset,
+    tokenizer: Tokenizer,
+    cfg: DataConfig,
+    seed: int,
+    src_tags: np.ndarray | None = None,
+) -> ParallelData | SampledTrainData:
+    """The tokenised, filtered training pairs in memory; with ``data.subword_alpha``, segmented
+    anew each epoch (``src_tags``: per pair, the language tag its source starts with)."""
+    fixed = ParallelData.from_dataset(ds, tokenizer)
+    if cfg.subword_alpha == 0:
+        return fixed
+    return SampledTrainData(
+        fixed,
+        list(ds["src"]),
+        list(ds["tgt"]),
+        alpha=cfg.subword_alpha,
+        nbest=cfg.subword_nbest,
+        seed=seed,
+        max_tokens=cfg.max_tokens,
+        src_tags=src_tags,
     )
 
 

@@ -25,9 +25,9 @@ from mt.data.corpus import (
     load_eval_set,
     load_split,
     tokenize,
+    training_data,
 )
 from mt.data.languages import Direction, directions, epoch_counts, languages, target_languages
-from mt.data.subword_sampling import SampledTrainData
 from mt.data.tokenizer import Tokenizer, reservoir_sample
 
 log = logging.getLogger(__name__)
@@ -106,19 +106,8 @@ def prepare_multilingual(
         stats.append(st)
     pool = datasets.concatenate_datasets(parts)
     sizes = [len(p) for p in parts]
-    train = ParallelData.from_dataset(pool, tokenizer)
-    if cfg.subword_alpha > 0:
-        tags = [tokenizer.language_tags[d.tgt] for d in dirs]
-        train = SampledTrainData(
-            train,
-            list(pool["src"]),
-            list(pool["tgt"]),
-            alpha=cfg.subword_alpha,
-            nbest=cfg.subword_nbest,
-            seed=seed,
-            max_tokens=cfg.max_tokens,
-            src_tags=np.repeat(np.array(tags, dtype=np.int64), sizes),
-        )
+    tags = np.array([tokenizer.language_tags[d.tgt] for d in dirs], dtype=np.int64)
+    train = training_data(pool, tokenizer, cfg, seed, src_tags=np.repeat(tags, sizes))
     if cfg.pair_temperature != 1.0:
         train = MixedTrainData(train, sizes, temperature=cfg.pair_temperature, seed=seed)
     return PreparedData(
