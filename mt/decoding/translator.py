@@ -149,8 +149,8 @@ class Translator:
 
     def encode(self, lines: list[str], *, warn: bool = True) -> list[list[int]]:
         """Subword ids of each line as the model sees it: cleaned, behind the target language's
-        tag (a multilingual model; an empty line stays empty), cut to the maximum length (with
-        a warning each, unless ``warn`` is off: then not cut)."""
+        tag (a multilingual model; an empty line stays empty), and cut to the maximum length
+        with a warning each (``warn=False``: left whole, for the caller to cut)."""
         tags = self.tokenizer.language_tags
         if tags and self.tgt_lang is None:
             raise ValueError(
