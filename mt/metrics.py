@@ -27,6 +27,13 @@ class Scores:
         }
 
 
+def mean_scores(rows: list[dict]) -> dict[str, float]:
+    """Several directions' scores (``bleu``, ``chrf``, ``bleu_lowercase`` of each, as
+    :meth:`Scores.as_dict` gives them) -> their means, rounded as each score is."""
+    keys = ("bleu", "chrf", "bleu_lowercase")
+    return {k: round(sum(r[k] for r in rows) / len(rows), 2) for k in keys}
+
+
 def score(hypotheses: list[str], references: list[str]) -> Scores:
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")

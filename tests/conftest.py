@@ -14,7 +14,7 @@ from mt.model.transformer import Transformer
 INT8_ENGINE = (
     "ctranslate2 (int8)"
     if has_int8_dot_products()
-    else ("ctranslate2 (int8 weights, float32 compute)")
+    else "ctranslate2 (int8 weights, float32 compute)"
 )
 
 

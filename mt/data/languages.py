@@ -108,9 +108,8 @@ def choose_target(
 
 
 def direction_shares(sizes: list[int], temperature: float) -> np.ndarray:
-    """Each direction's share of an epoch, ~ size ** (1 / temperature), summing to 1."""
-    if not temperature > 0:
-        raise ValueError(f"data.pair_temperature={temperature} must be positive (1: by size)")
+    """Each direction's share of an epoch, ~ size ** (1 / temperature), summing to 1
+    (``temperature`` > 0: mt/checks.py refuses other values of data.pair_temperature)."""
     weights = np.asarray(sizes, dtype=np.float64) ** (1.0 / temperature)
     return weights / weights.sum()
 

@@ -16,7 +16,7 @@ from mt.data.multilingual import direction_config
 from mt.decoding.loading import load_translator
 from mt.decoding.translator import Translator
 from mt.files import hypothesis_file
-from mt.metrics import score
+from mt.metrics import mean_scores, score
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,9 @@ class Target:
     label: str | None  # ``de-en`` for a multilingual model (file names, scores.json)
 
 
-def evaluation_targets(trained: DataConfig, cfg: EvaluateConfig | TuneDecodingConfig) -> list:
+def evaluation_targets(
+    trained: DataConfig, cfg: EvaluateConfig | TuneDecodingConfig
+) -> list[Target]:
     """The directions to score: a single-direction model's own; for a multilingual model the
     one ``src_lang`` -> ``tgt_lang`` names (trained or zero-shot), or else each it was trained
     on. ``data.*`` overrides apply to each."""
@@ -121,12 +123,12 @@ def evaluate_target(translator: Translator, target: Target, cfg: EvaluateConfig,
 
 def mean_result(results: list[dict]) -> dict:
     """Several directions' results: the mean BLEU / chrF, and each direction's result."""
-    first, n = results[0], len(results)
+    first, mean = results[0], mean_scores(results)
     keys = ("checkpoint", "split", "beam_size", "length_penalty", "precision", "engine")
     return {
         **{k: first[k] for k in keys},
-        "bleu": round(sum(r["bleu"] for r in results) / n, 2),
-        "chrf": round(sum(r["chrf"] for r in results) / n, 2),
+        "bleu": mean["bleu"],
+        "chrf": mean["chrf"],
         "bleu_signature": first["bleu_signature"],
         "chrf_signature": first["chrf_signature"],
         "directions": {f"{r['src_lang']}-{r['tgt_lang']}": r for r in results},
@@ -158,20 +160,20 @@ def tune_decoding(cfg: TuneDecodingConfig, out_dir: str | Path) -> dict:
     for settings in grid:
         beam, lp = settings.beam_size, settings.length_penalty
         start = time.perf_counter()
-        scores = [
-            score(
-                translator.with_settings(settings).with_target(lang).translate(ds["src"]), ds["tgt"]
-            )
-            for lang, ds in sets
-        ]
+        search = translator.with_settings(settings)
+        mean = mean_scores(
+            [
+                score(search.with_target(lang).translate(ds["src"]), ds["tgt"]).as_dict()
+                for lang, ds in sets
+            ]
+        )
         seconds = time.perf_counter() - start
         rows.append(
             {
                 "beam_size": beam,
                 "length_penalty": lp if beam > 1 else None,
-                # several directions: their mean
-                "bleu": round(sum(s.bleu for s in scores) / len(scores), 2),
-                "chrf": round(sum(s.chrf for s in scores) / len(scores), 2),
+                "bleu": mean["bleu"],  # of several directions: their mean
+                "chrf": mean["chrf"],
                 "seconds": round(seconds, 2),
             }
         )

@@ -11,6 +11,7 @@ import torch
 from mt.checkpoint import load_checkpoint, load_weights
 from mt.config import RunConfig
 from mt.data.corpus import FilterStats
+from mt.metrics import mean_scores
 from mt.training.checkpointing import CheckpointFiles
 from mt.training.progress import Progress
 from mt.training.validation import Validator
@@ -140,9 +141,6 @@ def test_pass(validator: Validator, cfg: RunConfig, run_dir: Path) -> dict:
         **first.as_dict(),
     }
     if len(results) > 1 or results[0][0].direction:
-        n = len(results)
-        summary["bleu"] = round(sum(s.bleu for _, s in results) / n, 2)
-        summary["chrf"] = round(sum(s.chrf for _, s in results) / n, 2)
-        summary["bleu_lowercase"] = round(sum(s.bleu_lowercase for _, s in results) / n, 2)
+        summary.update(mean_scores([s.as_dict() for _, s in results]))
         summary["directions"] = {t.direction: s.as_dict() for t, s in results}
     return {"test": summary}

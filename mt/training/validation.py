@@ -19,7 +19,7 @@ from mt.decoding.translator import Translator
 from mt.files import hypothesis_file
 from mt.kernels import loss_functions
 from mt.loggers import MetricLogger
-from mt.metrics import Scores, score
+from mt.metrics import Scores, mean_scores, score
 from mt.plots.attention import cross_attention, plot
 
 log = logging.getLogger("mt.training.trainer")
@@ -71,7 +71,7 @@ class Validator:
         selects ``best.pt``: cheap enough to run at every validation, and what is reported).
         Several directions: each one's as ``val/de-en/bleu`` etc., ``val/bleu`` / ``val/chrf``
         their means and ``val/loss`` the loss over all their tokens."""
-        metrics, total, n_tokens, bleu, chrf = {}, 0.0, 0, [], []
+        metrics, total, n_tokens, scored = {}, 0.0, 0, []
         for val in self.data.val:
             name = "val/" if val.direction is None else f"val/{val.direction}/"
             set_total, set_tokens = self.loss_sum(val)
@@ -81,13 +81,12 @@ class Validator:
                 hyps = self.translator(beam_size=1, tgt_lang=val.tgt_lang).translate(val.sources)
                 scores = score(hyps, val.references)
                 metrics.update({name + "bleu": scores.bleu, name + "chrf": scores.chrf})
-                bleu.append(scores.bleu)
-                chrf.append(scores.chrf)
+                scored.append(scores.as_dict())
         loss = total / max(n_tokens, 1)
         means = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
-        if bleu:
-            means.update({"val/bleu": round(sum(bleu) / len(bleu), 2)})
-            means.update({"val/chrf": round(sum(chrf) / len(chrf), 2)})
+        if scored:
+            mean = mean_scores(scored)
+            means.update({"val/bleu": mean["bleu"], "val/chrf": mean["chrf"]})
         return {**means, **metrics}
 
     def attention_figure(self):
