@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mt.cpu import has_bf16_vector_products
 from mt.runtime import ONEDNN_CACHE_VARIABLES, bound_onednn_caches, keep_freed_memory
 
 
@@ -149,6 +150,11 @@ def _memory_growth_mb(mode: str) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads /proc (Linux)")
+@pytest.mark.skipif(
+    not has_bf16_vector_products(),
+    reason="no oneDNN bf16 kernels here (AVX2 only): auto never picks bf16, and the churn would "
+    "take minutes in the slow fallback",
+)
 def test_bf16_matmuls_of_ever_new_shapes_do_not_pile_up_memory():
     default = _memory_growth_mb("default")
     if default < 100:
