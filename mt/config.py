@@ -137,7 +137,8 @@ class TrainConfig:
     batches K times larger."""
     compile: bool = False
     """``torch.compile`` the training forward pass (fuses element-wise work; compiles once,
-    with dynamic shapes, before the first update)."""
+    with dynamic shapes, before the first update). Off: slower than eager on the CPUs measured
+    (benchmarks/README.md)."""
     precision: str = "auto"
     """``auto`` (the faster of fp32 and bf16 on a few real updates of this model, timed at
     start-up, fp32 winning ties; a resumed run keeps its choice: mt/training/precision.py),
