@@ -69,6 +69,30 @@ def test_cpu_bf16_attention_multiplies_in_bf16_without_the_fused_kernel(monkeypa
         torch.testing.assert_close(g_fast, g_plain, **BF16)
 
 
+def test_cpu_bf16_decode_step_attention_takes_the_fused_kernel_and_equals_the_formula(
+    monkeypatch,
+):
+    """A single query position in bf16 on a CPU (a decode step) goes to PyTorch's fused
+    kernel, in bf16, and gives the formula's result, with a padding mask and without."""
+    q, k, v = qkv(requires_grad=False)
+    q = q[:, :, :1]  # (B, H, 1, Dh)
+    fused = torch.nn.functional.scaled_dot_product_attention
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[0].dtype)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    for mask in (MASK, None):
+        plain, _ = scaled_dot_product_attention(q, k, v, mask=mask)
+        with torch.inference_mode():
+            out, _ = fast_attention(*(t.bfloat16() for t in (q, k, v)), mask=mask)
+        assert out.dtype == torch.bfloat16 and out.shape == plain.shape
+        torch.testing.assert_close(out.float(), plain, **BF16)
+    assert calls == [torch.bfloat16, torch.bfloat16]
+
+
 def test_attention_dropout_kernel_drops_whole_weights_like_the_plain_one():
     """With dropout on the weights the kernel keeps the output's expectation: averaged over
     many masks it is the plain output without dropout."""

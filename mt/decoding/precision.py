@@ -130,7 +130,7 @@ def decode_probe(
             state = start_state(model, src, ids, repeat=beam_size)
             tokens = torch.full((len(rows),), ids.bos, device=device)
             for _ in range(PROBE_STEPS):
-                tokens = model.decode_step(tokens, state).float().argmax(-1)
+                tokens = model.decode_step(tokens, state).float().max(-1).indices
                 if beam_size > 1:
                     state.index_select(rows, memory=False)
 

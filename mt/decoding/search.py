@@ -155,7 +155,8 @@ def greedy_search(
         # float32 whatever the model computes in: a bf16 argmax is slow on CPUs and ties often.
         logits = model.decode_step(tokens, state).float()  # (b, V)
         ban_specials(logits, ids)
-        tokens = choose(logits) if choose is not None else logits.argmax(dim=-1)  # (b,)
+        # max's indices are argmax's (the first maximum), in a vectorised CPU kernel argmax lacks
+        tokens = choose(logits) if choose is not None else logits.max(dim=-1).indices  # (b,)
         if (forced := forced_tokens(prefix, active, step, ids.pad)) is not None:
             tokens = torch.where(forced != ids.pad, forced, tokens)
         at_limit = max_lens[active] <= step  # the limit counts EOS: EOS is forced here

@@ -5,8 +5,11 @@ implementation for the device and dtype.
 - By default PyTorch's fused ``F.scaled_dot_product_attention`` (FlashAttention or the
   memory-efficient kernel on a GPU, a blocked kernel on a CPU): no (B, H, Tq, Tk) weights kept.
 - bf16 on a CPU: the formula written out, with bf16 products, the softmax in float32 and the
-  dropout of :mod:`mt.kernels.dropout`. PyTorch's CPU flash-attention is slow in bf16, and
-  running it in float32 instead costs casts of q, k, v and the output (benchmarks/README.md).
+  dropout of :mod:`mt.kernels.dropout`. PyTorch's CPU flash-attention is slow in bf16 for
+  whole sequences (its backward above all), and running it in float32 instead costs casts of
+  q, k, v and the output (benchmarks/README.md). A single query position (a decode step) is
+  the exception: there the fused kernel is the faster one, where the written-out formula
+  spends its time in tiny batched products.
 - fp16 on a CPU: the fused kernel in float32 (its reduced-precision CPU kernels are slow).
 
 Legend: B batch, H heads, Tq query length, Tk key length, Dh head dim.
@@ -33,7 +36,7 @@ def fast_attention(
 ) -> tuple[Tensor, None]:
     """q (B, H, Tq, Dh), k, v (B, H, Tk, Dh), mask broadcastable to (B, H, Tq, Tk), True = may
     attend -> output (B, H, Tq, Dh) and no weights."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(2) > 1:
         return explicit_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
     causal_only = is_causal and mask is None  # the fused kernel's own causal path
     if is_causal and mask is not None:
