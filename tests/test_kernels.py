@@ -256,18 +256,34 @@ def test_packed_linear_equals_the_bf16_linear(bias, shape):
 
 
 @needs_packing
+def test_packed_token_embedding_equals_the_bf16_lookup_and_output_layer():
+    from mt.kernels.packed import PackedTokenEmbedding
+    from mt.model.embeddings import TokenEmbedding
+
+    embedding = TokenEmbedding(vocab_size=40, d_model=48, pad_id=0).to(torch.bfloat16)
+    packed = PackedTokenEmbedding(embedding)
+    tokens, x = torch.randint(0, 40, (3, 5)), torch.randn(3, 5, 48).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert torch.equal(packed(tokens), embedding(tokens))
+        expected, fast = embedding.logits(x), packed.logits(x)
+    assert fast.shape == expected.shape == (3, 5, 40) and fast.dtype == torch.bfloat16
+    torch.testing.assert_close(fast.float(), expected.float(), atol=0.05, rtol=0.02)
+
+
+@needs_packing
 def test_the_bf16_search_copy_packs_its_linears_only_with_the_kernels_on():
     from mt.decoding.precision import PrecisionModels
     from mt.kernels import kernels_of
-    from mt.kernels.packed import PackedLinear
+    from mt.kernels.packed import PackedLinear, PackedTokenEmbedding
 
     for kernels in ("auto", "plain"):
         model = use_kernels(small_model(), kernels)
         assert kernels_of(model) == kernels
         copy, _ = PrecisionModels(model).for_search("bf16")
-        packed = [m for m in copy.modules() if isinstance(m, PackedLinear)]
+        packed = [m for m in copy.modules() if isinstance(m, PackedLinear | PackedTokenEmbedding)]
         plain = [m for m in copy.modules() if type(m) is nn.Linear]
         assert (len(packed) > 0, len(plain) > 0) == (kernels == "auto", kernels == "plain")
+        assert isinstance(copy.embed, PackedTokenEmbedding) == (kernels == "auto")
         assert not any(isinstance(m, PackedLinear) for m in model.modules())  # only the copy
         src = torch.randint(4, 23, (3, 6))
         tgt = torch.randint(4, 23, (3, 5))

@@ -221,9 +221,10 @@ def force_eos_at_limit(log_probs: Tensor, at_limit: Tensor, eos: int) -> None:
 
 def top_candidates(beams: Beams, log_probs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The 2K best extensions of each sentence's live beams (at most K of them end in EOS, so
-    K live ones always remain): scores, beam and token of each, (b, 2K)."""
+    K live ones always remain): scores, beam and token of each, (b, 2K). ``log_probs`` (b*K, V)
+    becomes the candidates' scores in place (no second (b*K, V) tensor)."""
     b, k, vocab = beams.active.numel(), beams.k, log_probs.size(-1)
-    candidates = beams.scores[:, :, None] + log_probs.view(b, k, vocab)  # (b, K, V)
+    candidates = log_probs.view(b, k, vocab).add_(beams.scores[:, :, None])  # (b, K, V), in place
     top_scores, top_ids = candidates.view(b, k * vocab).topk(2 * k, dim=1)  # (b, 2K)
     return top_scores, top_ids // vocab, top_ids % vocab
 
@@ -303,9 +304,9 @@ def beam_search(
     state = start_state(model, src, ids, repeat=k)
     beams = Beams.start(src.size(0), k, longest, ids, device)
     for step in range(1, longest + 1):
-        logits = model.decode_step(beams.prefixes[:, -1], state).float()  # (b*K, V)
+        logits = model.decode_step(beams.prefixes[:, -1], state)  # (b*K, V), the model's dtype
         ban_specials(logits, ids)
-        log_probs = logits.log_softmax(-1)
+        log_probs = torch.log_softmax(logits, -1, dtype=torch.float32)  # widened in the same pass
         if (forced := forced_tokens(prefix, beams.active, step, ids.pad)) is not None:
             force_prefix(log_probs, forced.repeat_interleave(k), ids.pad)
         at_limit = (max_lens[beams.active] <= step).repeat_interleave(k)  # (b*K,)

@@ -10,10 +10,12 @@ plain (mt/model/)             kernel (mt/kernels/)
 ``nn.Dropout``                :class:`~mt.kernels.dropout.Dropout`: integer masks on a CPU
                               (the rate rounded to a multiple of 1/256)
 ``scaled_dot_product_attention``  :func:`~mt.kernels.attention.fast_attention`: fused SDPA,
-                              or bf16 products written out on a CPU; no weights kept
+                              or bf16 products written out on a CPU (but for a single
+                              query position); no weights kept
 ``model.loss``                :mod:`mt.kernels.loss`: blockwise, its own backward
-``nn.Linear`` (bf16 copy      :class:`~mt.kernels.packed.PackedLinear`: the weight packed
-for search, on a CPU)         once for oneDNN (mt/decoding/precision.py)
+``nn.Linear``, the tied       :class:`~mt.kernels.packed.PackedLinear`,
+output layer (bf16 copy for   :class:`~mt.kernels.packed.PackedTokenEmbedding`: the weight
+search, on a CPU)             packed once for oneDNN (mt/decoding/precision.py)
 ============================  ===========================================================
 
 tests/test_kernels.py holds each kernel equal to its plain counterpart, forward and gradients.

@@ -1,5 +1,6 @@
 """Linear layers with their weights packed once for oneDNN's matrix kernels: a drop-in for
-``nn.Linear`` in a bf16 copy of the model that only translates (mt/decoding/precision.py).
+``nn.Linear`` (and for the tied output layer of the token embedding) in a bf16 copy of the
+model that only translates (mt/decoding/precision.py).
 
 oneDNN multiplies in a blocked weight layout of its own (the one its AVX512-BF16 or AMX
 kernels read). A plain ``nn.Linear`` hands it the weight row-major, so every call reorders it;
@@ -13,6 +14,8 @@ import functools
 
 import torch
 from torch import Tensor, nn
+
+from mt.model.embeddings import TokenEmbedding
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
@@ -55,11 +58,35 @@ class PackedLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
 
 
+class PackedTokenEmbedding(nn.Module):
+    """A :class:`~mt.model.embeddings.TokenEmbedding` whose tied output layer multiplies by the
+    table packed once (the (V, D) table is an ``nn.Linear`` weight D -> V); the lookup reads the
+    table as it is."""
+
+    def __init__(self, embedding: TokenEmbedding) -> None:
+        super().__init__()
+        self.weight = embedding.weight.detach()  # (V, D), for the lookup
+        self.scale = embedding.scale
+        with torch.no_grad():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(B, T) ids -> (B, T, D)."""
+        return nn.functional.embedding(tokens, self.weight) * self.scale
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, T, D) -> (B, T, V)."""
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+
 def pack_linears(model: nn.Module) -> nn.Module:
     """Replace every ``nn.Linear`` of ``model`` (inference-only, its weights in a dtype that
-    :func:`can_pack`) by a :class:`PackedLinear`, in place; returns ``model``."""
+    :func:`can_pack`) by a :class:`PackedLinear`, and its token embedding by a
+    :class:`PackedTokenEmbedding`, in place; returns ``model``."""
     for module in list(model.modules()):
         for name, child in module.named_children():
             if type(child) is nn.Linear:
                 setattr(module, name, PackedLinear(child))
+            elif type(child) is TokenEmbedding:
+                setattr(module, name, PackedTokenEmbedding(child))
     return model
