@@ -242,7 +242,7 @@ needs_packing = pytest.mark.skipif(
 
 @needs_packing
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (4, 1, 48)])
+@pytest.mark.parametrize("shape", [(7, 48), (3, 5, 48), (4, 1, 48), (2, 64, 48), (3, 100, 48)])
 def test_packed_linear_equals_the_bf16_linear(bias, shape):
     from mt.kernels.packed import PackedLinear
 
@@ -253,6 +253,20 @@ def test_packed_linear_equals_the_bf16_linear(bias, shape):
     assert packed.shape == expected.shape and packed.dtype == torch.bfloat16
     # The same products; only the order of float32 accumulation may differ, then bf16 rounding.
     torch.testing.assert_close(packed.float(), expected.float(), atol=0.05, rtol=0.02)
+
+
+def test_packed_products_pad_their_rows_to_few_sizes():
+    """Rows are padded to a multiple of 16, at most 1/8 more from 128 rows on, so that a search
+    whose rows shrink step by step meets a few dozen sizes (oneDNN's cached kernels), not one
+    per count."""
+    from mt.kernels.packed import bucket_rows
+
+    sizes = {rows: bucket_rows(rows) for rows in range(1, 8193)}
+    assert all(size >= rows and size % 16 == 0 for rows, size in sizes.items())
+    assert all(size <= rows * 9 / 8 for rows, size in sizes.items() if rows >= 128)
+    assert all(bucket_rows(size) == size for size in sizes.values())  # a size is its own bucket
+    assert len(set(sizes.values())) <= 64
+    assert bucket_rows(0) == 0
 
 
 @needs_packing

@@ -8,6 +8,11 @@ packed once (``torch.ops.mkldnn._reorder_linear_weight``, what ``torch.compile``
 does for a CPU), a call only multiplies (``_linear_pointwise``). The product is the same up to
 the order of the float32 accumulation. Inference only: packed weights have no gradient, and an
 opaque layout that cannot be copied or saved.
+
+oneDNN builds (JIT-compiles) a kernel for every new number of rows, which costs many times the
+product of a decode step, and a search meets a new number at almost every step as sentences
+finish. So the rows are padded up to one of a few sizes per power of two (:func:`bucket_rows`),
+whose kernels its cache keeps.
 """
 
 import functools
@@ -41,6 +46,27 @@ def _cpu_packs_bf16() -> bool:
     return True
 
 
+MIN_ROWS = 16  # the rows of an AMX tile; fewer cost the same
+
+
+def bucket_rows(rows: int) -> int:
+    """``rows`` rounded up to a multiple of 1/16 of its power of two, and of 16: eight sizes
+    per octave (at most 1/8 more rows) from 128 rows on, multiples of 16 below."""
+    step = max(MIN_ROWS, 1 << max(rows.bit_length() - 4, 0))
+    return -(-rows // step) * step
+
+
+def packed_product(x: Tensor, packed: Tensor, bias: Tensor | None) -> Tensor:
+    """x (..., in) times a packed weight (out, in), plus ``bias`` -> (..., out), the rows padded
+    to :func:`bucket_rows` for the product (padding rows are zeros, their results dropped)."""
+    rows = x.numel() // x.size(-1)
+    flat = x.reshape(rows, x.size(-1))  # (rows, in)
+    if rows and (padded := bucket_rows(rows)) != rows:
+        flat = nn.functional.pad(flat, (0, 0, 0, padded - rows))  # (padded, in)
+    y = torch.ops.mkldnn._linear_pointwise(flat, packed, bias, "none", [], "")  # (padded, out)
+    return y[:rows].view(*x.shape[:-1], y.size(-1))
+
+
 class PackedLinear(nn.Module):
     """``linear``'s function, its weight (out, in) packed for oneDNN; x (..., in) -> (..., out)."""
 
@@ -52,7 +78,7 @@ class PackedLinear(nn.Module):
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: Tensor) -> Tensor:
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return packed_product(x, self.packed, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
@@ -76,7 +102,7 @@ class PackedTokenEmbedding(nn.Module):
 
     def logits(self, x: Tensor) -> Tensor:
         """(B, T, D) -> (B, T, V)."""
-        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return packed_product(x, self.packed, None)
 
 
 def pack_linears(model: nn.Module) -> nn.Module:
