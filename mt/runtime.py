@@ -119,13 +119,14 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=precision_dtype(precision))
 
 
-def use_device(name: str) -> torch.device:
+def use_device(name: str, *, onednn_cache: int | None = None) -> torch.device:
     """:func:`resolve_device`; on a CPU, also :func:`keep_freed_memory` and
-    :func:`bound_onednn_caches`; on a GPU, :func:`avoid_cudnn_attention`."""
+    :func:`bound_onednn_caches` (``onednn_cache`` entries: training's
+    :data:`ONEDNN_CACHE_CAPACITY` unless given); on a GPU, :func:`avoid_cudnn_attention`."""
     device = resolve_device(name)
     if device.type == "cpu":
         keep_freed_memory()
-        bound_onednn_caches()
+        bound_onednn_caches(ONEDNN_CACHE_CAPACITY if onednn_cache is None else onednn_cache)
     elif device.type == "cuda":
         avoid_cudnn_attention()
     return device
@@ -146,10 +147,16 @@ def avoid_cudnn_attention() -> None:
     torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-# Entries kept by each of oneDNN's two shape-keyed caches (below): enough to train as fast as
-# the defaults, with flat resident memory (benchmarks/README.md).
+# Entries kept by each of oneDNN's two shape-keyed caches (below). Training: enough to train as
+# fast as the defaults, with flat resident memory; its batches bring new shapes all the time.
+# Decoding: its bf16 products pad their rows to a few sizes (mt/kernels/packed.py), so a few
+# hundred entries hold every kernel a search needs, built once (benchmarks/README.md).
 ONEDNN_CACHE_CAPACITY = 16
+DECODING_ONEDNN_CACHE_CAPACITY = 256
 ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+# Set in the environment when the capacities above are mt's own choice, not the user's: a child
+# process (e.g. the benchmark's decoding contestants) inherits them and may choose its own.
+ONEDNN_CACHE_CHOSEN_BY_MT = "MT_ONEDNN_CACHE_CHOSEN"
 
 
 def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> dict[str, str]:
@@ -161,14 +168,22 @@ def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> dict[str, str]
     Token-budget batches have a new number of rows almost every step, so both caches fill
     with entries that are rarely used again, and resident memory of a bf16 training run grows
     without a plateau; capped, it stays flat at the same speed (benchmarks/README.md). fp32
-    matmuls do not go through these caches.
-    A value the user has set in the environment is kept. Both are read when oneDNN first
-    builds a primitive, so this must run before the process's first bf16 matmul.
+    matmuls do not go through these caches. Building a primitive costs milliseconds, so where
+    the same shapes come back (a search's padded rows) more entries pay: decoding processes
+    ask for :data:`DECODING_ONEDNN_CACHE_CAPACITY`.
+    A value the user has set in the environment is kept (one inherited from an mt process is
+    mt's, and replaced). Both are read when oneDNN first builds a primitive, so this must run
+    before the process's first bf16 matmul.
 
     Returns the two settings in force.
     """
+    ours = set(os.environ.get(ONEDNN_CACHE_CHOSEN_BY_MT, "").split(",")) - {""}
     for name in ONEDNN_CACHE_VARIABLES:
-        os.environ.setdefault(name, str(capacity))
+        if name not in os.environ or name in ours:
+            os.environ[name] = str(capacity)
+            ours.add(name)
+    if ours:
+        os.environ[ONEDNN_CACHE_CHOSEN_BY_MT] = ",".join(sorted(ours))
     return {name: os.environ[name] for name in ONEDNN_CACHE_VARIABLES}
 
 

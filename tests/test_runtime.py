@@ -10,8 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
+from mt.checkpoint import model_payload, save_checkpoint
+from mt.config import ModelConfig, RunConfig
 from mt.cpu import has_bf16_vector_products
-from mt.runtime import ONEDNN_CACHE_VARIABLES, bound_onednn_caches, keep_freed_memory
+from mt.model.transformer import build_model
+from mt.runtime import (
+    DECODING_ONEDNN_CACHE_CAPACITY,
+    ONEDNN_CACHE_CAPACITY,
+    ONEDNN_CACHE_CHOSEN_BY_MT,
+    ONEDNN_CACHE_VARIABLES,
+    bound_onednn_caches,
+    keep_freed_memory,
+)
 
 
 def _training_step_allocations() -> None:
@@ -164,12 +174,49 @@ def test_bf16_matmuls_of_ever_new_shapes_do_not_pile_up_memory():
 
 
 def test_a_cache_capacity_the_user_set_is_kept(monkeypatch):
+    monkeypatch.delenv(ONEDNN_CACHE_CHOSEN_BY_MT, raising=False)
     monkeypatch.setenv("LRU_CACHE_CAPACITY", "256")
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     assert bound_onednn_caches(16) == {
         "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "16",
         "LRU_CACHE_CAPACITY": "256",
     }
+    # A child process inherits this environment: mt's choice is its to change, the user's is not.
+    assert bound_onednn_caches(DECODING_ONEDNN_CACHE_CAPACITY) == {
+        "ONEDNN_PRIMITIVE_CACHE_CAPACITY": str(DECODING_ONEDNN_CACHE_CAPACITY),
+        "LRU_CACHE_CAPACITY": "256",
+    }
+
+
+def test_a_decoding_process_keeps_more_kernels_than_a_training_one(
+    monkeypatch, tmp_path, tokenizer
+):
+    """A search's bf16 products come in a few padded shapes that it meets again and again
+    (mt/kernels/packed.py); training's batches bring new shapes all the time. The training
+    process's choice reaches a decoding child (the benchmark's contestants) and is replaced."""
+    from mt.runtime import use_device
+
+    for name in (*ONEDNN_CACHE_VARIABLES, ONEDNN_CACHE_CHOSEN_BY_MT):
+        monkeypatch.delenv(name, raising=False)
+    use_device("cpu")  # a training process
+    assert {os.environ[n] for n in ONEDNN_CACHE_VARIABLES} == {str(ONEDNN_CACHE_CAPACITY)}
+    script = (
+        "import os, sys; from mt.decoding.loading import load_translator; "
+        "from mt.config import DecodeConfig; load_translator(sys.argv[1], DecodeConfig(), 'cpu'); "
+        f"print(*(os.environ[n] for n in {ONEDNN_CACHE_VARIABLES!r}))"
+    )
+    cfg = RunConfig(model=ModelConfig(d_model=16, n_heads=2, d_ff=32, max_positions=40))
+    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, pad_id=0)
+    save_checkpoint(tmp_path / "model.pt", model_payload(model, cfg, tokenizer))
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model.pt")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(DECODING_ONEDNN_CACHE_CAPACITY)] * 2
 
 
 def test_a_gpu_run_leaves_cudnn_attention_out(monkeypatch):

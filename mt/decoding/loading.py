@@ -12,7 +12,7 @@ from mt.decoding.ctranslate2 import CTranslate2Translator
 from mt.decoding.ensemble import Ensemble
 from mt.decoding.translator import Translator
 from mt.export.exported import is_exported, load_exported
-from mt.runtime import use_device
+from mt.runtime import DECODING_ONEDNN_CACHE_CAPACITY, use_device
 
 
 def checkpoint_paths(checkpoint: Any) -> list[str]:
@@ -53,7 +53,8 @@ def _load(checkpoint: Any, settings: DecodeConfig, device: str) -> tuple[Transla
         torch.set_num_threads(settings.threads)
     if any(is_exported(p) for p in paths):
         raise ValueError(f"an ensemble takes .pt checkpoints, not exported folders: {paths}")
-    loaded = [load_model(p, use_device(device)) for p in paths]
+    target_device = use_device(device, onednn_cache=DECODING_ONEDNN_CACHE_CAPACITY)
+    loaded = [load_model(p, target_device) for p in paths]
     for path, other in zip(paths[1:], loaded[1:]):
         if other.tokenizer.model_proto != loaded[0].tokenizer.model_proto:
             raise ValueError(
