@@ -13,9 +13,6 @@ plain (mt/model/)             kernel (mt/kernels/)
                               or bf16 products written out on a CPU (but for a single
                               query position); no weights kept
 ``model.loss``                :mod:`mt.kernels.loss`: blockwise, its own backward
-``nn.LayerNorm`` of pre-norm  :class:`~mt.kernels.norm.LayerNorm`: under autocast, its
-sub-layers and the final     output already in the autocast dtype (cast once, not in each
-norms                        product that reads it)
 ``nn.Linear``, the tied       :class:`~mt.kernels.packed.PackedLinear`,
 output layer (bf16 copy for   :class:`~mt.kernels.packed.PackedTokenEmbedding`: the weight
 search, on a CPU)             packed once for oneDNN (mt/decoding/precision.py)
@@ -34,11 +31,8 @@ from mt.checks import check_kernels
 from mt.kernels import loss as fast_loss
 from mt.kernels.attention import fast_attention
 from mt.kernels.dropout import Dropout
-from mt.kernels.norm import LayerNorm
 from mt.model import loss as plain_loss
 from mt.model.attention import MultiHeadAttention, scaled_dot_product_attention
-from mt.model.layers import Residual
-from mt.model.transformer import Transformer
 
 
 def use_kernels(model: nn.Module, kernels: str) -> nn.Module:
@@ -54,25 +48,7 @@ def use_kernels(model: nn.Module, kernels: str) -> nn.Module:
                 setattr(module, child_name, Dropout(child.p))
             elif not fast and type(child) is Dropout:
                 setattr(module, child_name, nn.Dropout(child.p))
-        for name in _norms_feeding_products(module):
-            norm = getattr(module, name)
-            if fast and type(norm) is nn.LayerNorm:
-                setattr(module, name, LayerNorm.like(norm))
-            elif not fast and type(norm) is LayerNorm:
-                plain = nn.LayerNorm(norm.normalized_shape, norm.eps, norm.elementwise_affine)
-                plain.weight, plain.bias = norm.weight, norm.bias
-                setattr(module, name, plain)
     return model
-
-
-def _norms_feeding_products(module: nn.Module) -> tuple[str, ...]:
-    """Names of ``module``'s layer norms whose output only matrix products read: a pre-norm
-    sub-layer's, and the final norms of a pre-norm stack (memory and output layer)."""
-    if isinstance(module, Residual) and module.pre_norm:
-        return ("norm",)
-    if isinstance(module, Transformer):
-        return ("encoder_norm", "decoder_norm")  # nn.Identity in a post-norm stack
-    return ()
 
 
 def kernels_of(model: nn.Module) -> str:
