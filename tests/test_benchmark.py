@@ -1,6 +1,7 @@
 """The benchmark script runs and writes valid JSON (a tiny setting; the numbers are not tested)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,13 @@ from mt.config import DataConfig, ModelConfig, RunConfig
 from mt.cpu import MATRIX_FLAGS
 from mt.data.tokenizer import Tokenizer
 from mt.model.transformer import build_model
-from mt.runtime import auto_candidates
+from mt.runtime import (
+    DECODING_ONEDNN_CACHE_CAPACITY,
+    ONEDNN_CACHE_CAPACITY,
+    ONEDNN_CACHE_VARIABLES,
+    auto_candidates,
+)
+from mt.runtime import ONEDNN_CACHE_CHOSEN_BY_MT as CHOSEN
 from tests.conftest import (
     INT8_ENGINE,
     synthetic_corpus_overrides,
@@ -50,6 +57,7 @@ def run_benchmark(tmp_path, *options: str) -> tuple[subprocess.CompletedProcess,
     """scripts/benchmark.py on the small corpus and model; its output and benchmark.json."""
     ckpt = corpus_and_checkpoint(tmp_path)
     out = tmp_path / "bench"
+    env = {k: v for k, v in os.environ.items() if k not in (*ONEDNN_CACHE_VARIABLES, CHOSEN)}
     result = subprocess.run(
         [
             sys.executable,
@@ -60,6 +68,7 @@ def run_benchmark(tmp_path, *options: str) -> tuple[subprocess.CompletedProcess,
             f"hydra.run.dir={out}",
         ],
         cwd=ROOT,
+        env=env,  # mt chooses the oneDNN cache capacities
         capture_output=True,
         text=True,
         timeout=300,
@@ -139,6 +148,10 @@ def test_benchmark_writes_json(tmp_path):
     assert data["precision"] == "bf16"
     assert set(data["cpu_flags"]) <= set(MATRIX_FLAGS)  # which matrix units this CPU has
     assert set(data["environment"]) <= set(KERNEL_ENVIRONMENT)  # e.g. ONEDNN_MAX_CPU_ISA
+    # Training keeps few oneDNN kernels; its decoding children, spawned from it, keep more.
+    assert set(data["onednn_caches"].values()) == {str(ONEDNN_CACHE_CAPACITY)}
+    for name in ("mt_fp32", "mt_bf16", "mt_auto"):
+        assert set(decode[name]["onednn_caches"].values()) == {str(DECODING_ONEDNN_CACHE_CAPACITY)}
     assert data["model"]["d_model"] == 16  # the checkpoint's architecture was measured
     assert "train.tgt_tokens_per_s" in result.stdout
     pipeline = data["data_pipeline"]
