@@ -113,7 +113,7 @@ class Scripted(torch.nn.Module):
     def encode(self, src, src_mask):
         return torch.zeros(src.size(0), src.size(1), 1)
 
-    def init_state(self, memory, src_mask):
+    def init_state(self, memory, src_mask, group=1):
         class State:
             def index_select(self, index, memory=True):
                 pass

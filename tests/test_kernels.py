@@ -72,10 +72,10 @@ def test_cpu_bf16_attention_multiplies_in_bf16_without_the_fused_kernel(monkeypa
 def test_cpu_bf16_decode_step_attention_takes_the_fused_kernel_and_equals_the_formula(
     monkeypatch,
 ):
-    """A single query position in bf16 on a CPU (a decode step) goes to PyTorch's fused
-    kernel, in bf16, and gives the formula's result, with a padding mask and without."""
+    """A search's step in bf16 on a CPU (a single query position, or a sentence's beams as a
+    few positions; no gradients) goes to PyTorch's fused kernel, in bf16, and gives the
+    formula's result, with a padding mask and without."""
     q, k, v = qkv(requires_grad=False)
-    q = q[:, :, :1]  # (B, H, 1, Dh)
     fused = torch.nn.functional.scaled_dot_product_attention
     calls = []
 
@@ -84,13 +84,15 @@ def test_cpu_bf16_decode_step_attention_takes_the_fused_kernel_and_equals_the_fo
         return fused(*args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
-    for mask in (MASK, None):
-        plain, _ = scaled_dot_product_attention(q, k, v, mask=mask)
-        with torch.inference_mode():
-            out, _ = fast_attention(*(t.bfloat16() for t in (q, k, v)), mask=mask)
-        assert out.dtype == torch.bfloat16 and out.shape == plain.shape
-        torch.testing.assert_close(out.float(), plain, **BF16)
-    assert calls == [torch.bfloat16, torch.bfloat16]
+    for positions in (1, 3):
+        for mask in (MASK, None):
+            block = q[:, :, :positions]  # (B, H, positions, Dh)
+            plain, _ = scaled_dot_product_attention(block, k, v, mask=mask)
+            with torch.inference_mode():
+                out, _ = fast_attention(*(t.bfloat16() for t in (block, k, v)), mask=mask)
+            assert out.dtype == torch.bfloat16 and out.shape == plain.shape
+            torch.testing.assert_close(out.float(), plain, **BF16)
+    assert calls == [torch.bfloat16] * 4
 
 
 def test_attention_dropout_kernel_drops_whole_weights_like_the_plain_one():

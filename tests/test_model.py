@@ -57,6 +57,42 @@ def test_cached_step_decoding_equals_full_decoding(pre_norm):
     torch.testing.assert_close(torch.stack(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pre_norm", [True, False])
+def test_beams_sharing_their_sentences_memory_equal_a_copy_per_beam(pre_norm):
+    """A state with ``group`` rows per sentence (beam search's beams, attending to one memory
+    as a block of query positions) gives the logits of one whose memory is copied per row,
+    through reorderings within the sentences and the dropping of a sentence."""
+    model = small_model(pre_norm=pre_norm)
+    src, _ = random_batch()  # (3, S)
+    src[0, 4:] = 0
+    k = 4
+    src_mask = padding_mask(src == 0)
+    memory = model.encode(src, src_mask)  # (3, S, D)
+    shared = model.init_state(memory, src_mask, k)
+    copied = model.init_state(
+        memory.repeat_interleave(k, dim=0), src_mask.repeat_interleave(k, dim=0)
+    )
+    tokens = torch.randint(4, 23, (3 * k,))
+    for step in range(4):
+        torch.testing.assert_close(
+            model.decode_step(tokens, shared),
+            model.decode_step(tokens, copied),
+            atol=1e-5,
+            rtol=1e-5,
+        )
+        rows = tokens.numel() // k
+        within = (torch.arange(rows)[:, None] * k + torch.randint(0, k, (rows, k))).view(-1)
+        for state in (shared, copied):
+            state.index_select(within, memory=False)  # beams reordered within their sentence
+        tokens = torch.randint(4, 23, (tokens.numel(),))
+        if step == 1:  # the middle sentence is done: its rows (and memory) leave
+            keep = torch.cat([torch.arange(k), torch.arange(2 * k, 3 * k)])
+            for state in (shared, copied):
+                state.index_select(keep)
+            tokens = tokens[keep]
+    assert shared.memory_kv[0][0].size(0) == 2 and copied.memory_kv[0][0].size(0) == 2 * k
+
+
 def test_embeddings_are_shared_and_scaled():
     model = small_model()
     assert model.embed.scale == pytest.approx(16**0.5)

@@ -37,8 +37,10 @@ class Ensemble(nn.Module):
     def encode(self, src: Tensor, src_mask: Tensor) -> list[Tensor]:
         return [m.encode(src, src_mask) for m in self.members]  # M x (B, S, D)
 
-    def init_state(self, memory: list[Tensor], src_mask: Tensor) -> EnsembleState:
-        return EnsembleState([m.init_state(x, src_mask) for m, x in zip(self.members, memory)])
+    def init_state(self, memory: list[Tensor], src_mask: Tensor, group: int = 1) -> EnsembleState:
+        return EnsembleState(
+            [m.init_state(x, src_mask, group) for m, x in zip(self.members, memory)]
+        )
 
     def decode_step(self, tokens: Tensor, state: EnsembleState) -> Tensor:
         log_probs = torch.stack(

@@ -6,7 +6,8 @@ Both searches work on a batch at once and drop sentences from the batch as soon 
 finished, so the remaining steps only compute what is still needed.
 
 The model only has to provide (see :class:`Searchable`): ``encode(src, src_mask)``,
-``init_state(memory, src_mask)`` returning a state with ``index_select(index, memory=...)``, and
+``init_state(memory, src_mask, group)`` (``group`` rows per sentence: beam search's K beams)
+returning a state with ``index_select(index, memory=...)``, and
 ``decode_step(tokens, state) -> logits``. Tests drive the searches with scripted fake models.
 """
 
@@ -25,7 +26,7 @@ class Searchable(Protocol):
 
     def encode(self, src: Tensor, src_mask: Tensor) -> Tensor: ...
 
-    def init_state(self, memory: Tensor, src_mask: Tensor) -> Any: ...
+    def init_state(self, memory: Tensor, src_mask: Tensor, group: int) -> Any: ...
 
     def decode_step(self, tokens: Tensor, state: Any) -> Tensor: ...
 
@@ -106,18 +107,11 @@ def check_interval(device: torch.device, check_every: int | None) -> int:
 
 
 def start_state(model: Searchable, src: Tensor, ids: SpecialIds, repeat: int = 1):
-    """Encode ``src`` (B, S) and the decoder state for it, each sentence's rows repeated
-    ``repeat`` times (beam search's K beams)."""
+    """Encode ``src`` (B, S) and the decoder state for it, with ``repeat`` rows per sentence
+    (beam search's K beams), next to each other, sharing the sentence's memory."""
     src_mask = padding_mask(src == ids.pad)  # (B, 1, 1, S)
     memory = model.encode(src, src_mask)  # (B, S, D), or one per model of an ensemble
-    if repeat > 1:
-        memory = (
-            [m.repeat_interleave(repeat, dim=0) for m in memory]
-            if isinstance(memory, list)
-            else memory.repeat_interleave(repeat, dim=0)
-        )  # (B*K, S, D)
-        src_mask = src_mask.repeat_interleave(repeat, dim=0)
-    return model.init_state(memory, src_mask)
+    return model.init_state(memory, src_mask, repeat)
 
 
 @torch.inference_mode()

@@ -4,12 +4,13 @@ implementation for the device and dtype.
 
 - By default PyTorch's fused ``F.scaled_dot_product_attention`` (FlashAttention or the
   memory-efficient kernel on a GPU, a blocked kernel on a CPU): no (B, H, Tq, Tk) weights kept.
-- bf16 on a CPU: the formula written out, with bf16 products, the softmax in float32 and the
-  dropout of :mod:`mt.kernels.dropout`. PyTorch's CPU flash-attention is slow in bf16 for
-  whole sequences (its backward above all), and running it in float32 instead costs casts of
-  q, k, v and the output (benchmarks/README.md). A single query position (a decode step) is
-  the exception: there the fused kernel is the faster one, where the written-out formula
-  spends its time in tiny batched products.
+- bf16 on a CPU, while autograd records (training): the formula written out, with bf16
+  products, the softmax in float32 and the dropout of :mod:`mt.kernels.dropout`. PyTorch's
+  CPU flash-attention is slow in bf16 for whole sequences (its backward above all), and
+  running it in float32 instead costs casts of q, k, v and the output (benchmarks/README.md).
+  Without gradients (a search's step: one query position per row, or the K beams of a
+  sentence as K positions) the fused kernel is the faster one, where the written-out formula
+  spends its time in tiny batched products, each of a new shape for oneDNN.
 - fp16 on a CPU: the fused kernel in float32 (its reduced-precision CPU kernels are slow).
 
 Legend: B batch, H heads, Tq query length, Tk key length, Dh head dim.
@@ -36,7 +37,8 @@ def fast_attention(
 ) -> tuple[Tensor, None]:
     """q (B, H, Tq, Dh), k, v (B, H, Tk, Dh), mask broadcastable to (B, H, Tq, Tk), True = may
     attend -> output (B, H, Tq, Dh) and no weights."""
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.size(2) > 1:
+    cpu_bf16 = q.device.type == "cpu" and q.dtype == torch.bfloat16
+    if cpu_bf16 and q.size(2) > 1 and torch.is_grad_enabled():
         return explicit_attention(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
     causal_only = is_causal and mask is None  # the fused kernel's own causal path
     if is_causal and mask is not None:

@@ -99,15 +99,30 @@ class DecoderLayer(nn.Module):
         memory_kv: tuple[Tensor, Tensor],
         src_mask: Tensor,
         cache: KVCache | None = None,
+        group: int = 1,
     ) -> Tensor:
         """x (B, T, D); memory_kv: keys/values of the memory (B, H, S, Dh); -> (B, T, D).
 
         Without ``cache``, x is the whole target prefix and a causal mask applies. With it, x is
-        the newest position only (T = 1); it may attend to every cached earlier position.
+        the newest position only (T = 1); it may attend to every cached earlier position. With
+        ``group`` > 1 (a step of beam search), the memory is one per sentence (N = B / group)
+        and each sentence's ``group`` rows attend to it as ``group`` query positions: the same
+        attention, without a copy of the memory per beam.
         """
         if cache is None:
             x = self.self_block(x, lambda h: self.self_attn(h, is_causal=True)[0])
         else:
             x = self.self_block(x, lambda h: self.self_attn(h, cache=cache)[0])
-        x = self.cross_block(x, lambda h: self.cross_attn(h, kv=memory_kv, mask=src_mask)[0])
+        x = self.cross_block(x, lambda h: self.attend_memory(h, memory_kv, src_mask, group))
         return self.ff_block(x, self.ff)
+
+    def attend_memory(
+        self, h: Tensor, memory_kv: tuple[Tensor, Tensor], src_mask: Tensor, group: int
+    ) -> Tensor:
+        """Cross-attention of h (B, T, D) to the memory, shared by ``group`` rows at a time."""
+        if group == 1:
+            return self.cross_attn(h, kv=memory_kv, mask=src_mask)[0]
+        b, t, d = h.shape  # t = 1: one position per row
+        queries = h.reshape(b // group, group * t, d)  # (N, group, D): a sentence's rows
+        out = self.cross_attn(queries, kv=memory_kv, mask=src_mask)[0]  # (N, group, D)
+        return out.reshape(b, t, d)

@@ -23,21 +23,24 @@ from mt.model.masks import padding_mask
 class DecoderState:
     """What step-by-step decoding carries between steps, for a batch of (B) rows."""
 
-    memory_kv: list[tuple[Tensor, Tensor]]  # per decoder layer: (B, H, S, Dh) keys, values
-    src_mask: Tensor  # (B, 1, 1, S)
+    memory_kv: list[tuple[Tensor, Tensor]]  # per decoder layer: (N, H, S, Dh) keys, values
+    src_mask: Tensor  # (N, 1, 1, S)
     caches: list[KVCache] = field(default_factory=list)  # per decoder layer
     step: int = 0  # number of target positions decoded so far
+    group: int = 1  # rows per sentence, B = N * group: beam search's K beams share one memory
 
     def index_select(self, index: Tensor, *, memory: bool = True) -> None:
         """Keep / reorder rows. ``memory=False`` skips the memory, for reorderings that stay
-        within each sentence's beams (their memory rows are identical)."""
+        within each sentence's beams; otherwise ``index`` keeps or drops whole groups."""
         for cache in self.caches:
             cache.index_select(index)
         if memory:
+            sentences = index[:: self.group] // self.group  # (N',)
             self.memory_kv = [
-                (k.index_select(0, index), v.index_select(0, index)) for k, v in self.memory_kv
+                (k.index_select(0, sentences), v.index_select(0, sentences))
+                for k, v in self.memory_kv
             ]
-            self.src_mask = self.src_mask.index_select(0, index)
+            self.src_mask = self.src_mask.index_select(0, sentences)
 
 
 class Transformer(nn.Module):
@@ -109,22 +112,24 @@ class Transformer(nn.Module):
 
     # -- decoder, one step at a time (search) ----------------------------------------------------
 
-    def init_state(self, memory: Tensor, src_mask: Tensor) -> DecoderState:
-        """Project the memory once per layer; empty self-attention caches. The projections are
-        stored contiguous: every step multiplies by them, and split heads' strided views would
-        be copied at every step."""
+    def init_state(self, memory: Tensor, src_mask: Tensor, group: int = 1) -> DecoderState:
+        """Project the memory (N, S, D) once per layer; empty self-attention caches for
+        N * ``group`` rows (each sentence's ``group`` rows, e.g. its beams, next to each other).
+        The projections are stored contiguous: every step multiplies by them, and split heads'
+        strided views would be copied at every step."""
         projected = [layer.cross_attn.project_kv(memory) for layer in self.decoder_layers]
         return DecoderState(
             memory_kv=[(k.contiguous(), v.contiguous()) for k, v in projected],
             src_mask=src_mask,
             caches=[KVCache() for _ in self.decoder_layers],
+            group=group,
         )
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
         """tokens (B,) = the previous output of each row -> logits (B, V) of the next token."""
         x = self.pos(self.embed(tokens[:, None]), offset=state.step)  # (B, 1, D)
         for layer, memory_kv, cache in zip(self.decoder_layers, state.memory_kv, state.caches):
-            x = layer(x, memory_kv, state.src_mask, cache=cache)
+            x = layer(x, memory_kv, state.src_mask, cache=cache, group=state.group)
         state.step += 1
         return self.embed.logits(self.decoder_norm(x))[:, 0]  # (B, V)
 
