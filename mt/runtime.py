@@ -119,14 +119,26 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=precision_dtype(precision))
 
 
-def use_device(name: str, *, onednn_cache: int | None = None) -> torch.device:
+# Entries kept by each of oneDNN's two shape-keyed caches (below). Training: enough to train as
+# fast as the defaults, with flat resident memory; its batches bring new shapes all the time.
+# Decoding: its bf16 products pad their rows to a few sizes (mt/kernels/packed.py), which a few
+# hundred entries hold, nearly all built in a search's first batches (benchmarks/README.md).
+ONEDNN_CACHE_CAPACITY = 16
+DECODING_ONEDNN_CACHE_CAPACITY = 256
+ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+# Set in the environment when the capacities above are mt's own choice, not the user's: a child
+# process (e.g. the benchmark's decoding contestants) inherits them and may choose its own.
+ONEDNN_CACHE_CHOSEN_BY_MT = "MT_ONEDNN_CACHE_CHOSEN"
+
+
+def use_device(name: str, *, onednn_cache: int = ONEDNN_CACHE_CAPACITY) -> torch.device:
     """:func:`resolve_device`; on a CPU, also :func:`keep_freed_memory` and
-    :func:`bound_onednn_caches` (``onednn_cache`` entries: training's
-    :data:`ONEDNN_CACHE_CAPACITY` unless given); on a GPU, :func:`avoid_cudnn_attention`."""
+    :func:`bound_onednn_caches` to ``onednn_cache`` entries (training's
+    :data:`ONEDNN_CACHE_CAPACITY` by default); on a GPU, :func:`avoid_cudnn_attention`."""
     device = resolve_device(name)
     if device.type == "cpu":
         keep_freed_memory()
-        bound_onednn_caches(ONEDNN_CACHE_CAPACITY if onednn_cache is None else onednn_cache)
+        bound_onednn_caches(onednn_cache)
     elif device.type == "cuda":
         avoid_cudnn_attention()
     return device
@@ -145,18 +157,6 @@ def avoid_cudnn_attention() -> None:
     measured: benchmarks/README.md, "On a GPU".
     """
     torch.backends.cuda.enable_cudnn_sdp(False)
-
-
-# Entries kept by each of oneDNN's two shape-keyed caches (below). Training: enough to train as
-# fast as the defaults, with flat resident memory; its batches bring new shapes all the time.
-# Decoding: its bf16 products pad their rows to a few sizes (mt/kernels/packed.py), so a few
-# hundred entries hold every kernel a search needs, built once (benchmarks/README.md).
-ONEDNN_CACHE_CAPACITY = 16
-DECODING_ONEDNN_CACHE_CAPACITY = 256
-ONEDNN_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
-# Set in the environment when the capacities above are mt's own choice, not the user's: a child
-# process (e.g. the benchmark's decoding contestants) inherits them and may choose its own.
-ONEDNN_CACHE_CHOSEN_BY_MT = "MT_ONEDNN_CACHE_CHOSEN"
 
 
 def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> dict[str, str]:
@@ -184,7 +184,12 @@ def bound_onednn_caches(capacity: int = ONEDNN_CACHE_CAPACITY) -> dict[str, str]
             ours.add(name)
     if ours:
         os.environ[ONEDNN_CACHE_CHOSEN_BY_MT] = ",".join(sorted(ours))
-    return {name: os.environ[name] for name in ONEDNN_CACHE_VARIABLES}
+    return onednn_caches()
+
+
+def onednn_caches() -> dict[str, str | None]:
+    """The two cache capacities in this process's environment (None: oneDNN's default)."""
+    return {name: os.environ.get(name) for name in ONEDNN_CACHE_VARIABLES}
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)

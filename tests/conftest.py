@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mt.checkpoint import model_payload, save_checkpoint
 from mt.config import DataConfig, DecodeConfig, ModelConfig, RunConfig, TrainConfig
 from mt.cpu import has_int8_dot_products
-from mt.model.transformer import Transformer
+from mt.model.transformer import Transformer, build_model
 
 # The engine an int8 export loads as: float32 compute on a CPU without VNNI (mt/export/exported.py).
 INT8_ENGINE = (
@@ -79,6 +80,20 @@ def random_translator(tokenizer, *, n_decoder_layers: int = 1, **search):
         max_positions=40,
     )
     return Translator(model, tokenizer, DecodeConfig(**search))
+
+
+def untrained_checkpoint(tmp_path, tokenizer, name: str = "model.pt", seed: int = 0) -> Path:
+    """A small untrained model saved as ``tmp_path / name`` (its weights drawn from ``seed``)."""
+    torch.manual_seed(seed)
+    cfg = RunConfig(
+        model=ModelConfig(
+            d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_positions=40
+        )
+    )
+    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, pad_id=0)
+    path = tmp_path / name
+    save_checkpoint(path, model_payload(model, cfg, tokenizer))
+    return path
 
 
 def small_run(tmp_path, model: dict | None = None, **train) -> RunConfig:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.checkpoint import model_payload, save_checkpoint
-from mt.config import DecodeConfig, ModelConfig, RunConfig
+from mt.config import DecodeConfig
 from mt.data.batching import pad
 from mt.decoding.ensemble import Ensemble
 from mt.decoding.loading import load_translator
@@ -17,8 +16,7 @@ from mt.decoding.sampling import Sampler
 from mt.decoding.scoring import score_pairs
 from mt.decoding.search import SpecialIds, beam_search, greedy_search
 from mt.model.loss import label_smoothed_nll
-from mt.model.transformer import build_model
-from tests.conftest import random_translator, synthetic_sentences
+from tests.conftest import random_translator, synthetic_sentences, untrained_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 IDS = SpecialIds(pad=0, bos=2, eos=3)
@@ -143,21 +141,9 @@ def test_an_ensemble_averages_probabilities_not_logits():
     assert beams[0].tokens[0] == 5
 
 
-def checkpoint(tmp_path, tokenizer, name, seed) -> Path:
-    torch.manual_seed(seed)
-    cfg = RunConfig(
-        model=ModelConfig(
-            d_model=16, n_heads=2, d_ff=32, n_encoder_layers=1, n_decoder_layers=1, max_positions=40
-        )
-    )
-    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, pad_id=0)
-    path = tmp_path / name
-    save_checkpoint(path, model_payload(model, cfg, tokenizer))
-    return path
-
-
 def test_ensembles_load_from_a_list_of_checkpoints(tmp_path, tokenizer):
-    a, b = checkpoint(tmp_path, tokenizer, "a.pt", 1), checkpoint(tmp_path, tokenizer, "b.pt", 2)
+    a = untrained_checkpoint(tmp_path, tokenizer, "a.pt", 1)
+    b = untrained_checkpoint(tmp_path, tokenizer, "b.pt", 2)
     settings = DecodeConfig(beam_size=2)
     alone, _ = load_translator(str(a), settings, "cpu")
     twice, _ = load_translator([str(a), str(a)], settings, "cpu")  # a model with itself
@@ -167,7 +153,7 @@ def test_ensembles_load_from_a_list_of_checkpoints(tmp_path, tokenizer):
     from mt.data.tokenizer import Tokenizer
 
     other = Tokenizer.train(synthetic_sentences(300, seed=3), vocab_size=300)
-    c = checkpoint(tmp_path, other, "c.pt", 3)
+    c = untrained_checkpoint(tmp_path, other, "c.pt", 3)
     with pytest.raises(ValueError, match="a.pt and .*c.pt have different SentencePiece models"):
         load_translator([str(a), str(c)], settings, "cpu")
     with pytest.raises(ValueError, match=r"checkpoint=\[\] is empty"):
@@ -193,7 +179,7 @@ def test_scores_are_the_training_losss_log_probabilities(tmp_path, tokenizer):
 
 
 def test_score_script_prints_one_line_per_pair_and_checks_its_files(tmp_path, tokenizer):
-    path = checkpoint(tmp_path, tokenizer, "m.pt", 1)
+    path = untrained_checkpoint(tmp_path, tokenizer, "m.pt", 1)
     (tmp_path / "s").write_text("a b\n\nc d e\n")
     (tmp_path / "t").write_text("x y\nz\n\n")
     (tmp_path / "short").write_text("x\n")

@@ -10,10 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mt.checkpoint import model_payload, save_checkpoint
-from mt.config import ModelConfig, RunConfig
 from mt.cpu import has_bf16_vector_products
-from mt.model.transformer import build_model
 from mt.runtime import (
     DECODING_ONEDNN_CACHE_CAPACITY,
     ONEDNN_CACHE_CAPACITY,
@@ -22,6 +19,7 @@ from mt.runtime import (
     bound_onednn_caches,
     keep_freed_memory,
 )
+from tests.conftest import untrained_checkpoint
 
 
 def _training_step_allocations() -> None:
@@ -205,11 +203,8 @@ def test_a_decoding_process_keeps_more_kernels_than_a_training_one(
         "from mt.config import DecodeConfig; load_translator(sys.argv[1], DecodeConfig(), 'cpu'); "
         f"print(*(os.environ[n] for n in {ONEDNN_CACHE_VARIABLES!r}))"
     )
-    cfg = RunConfig(model=ModelConfig(d_model=16, n_heads=2, d_ff=32, max_positions=40))
-    model = build_model(cfg.model, vocab_size=tokenizer.vocab_size, pad_id=0)
-    save_checkpoint(tmp_path / "model.pt", model_payload(model, cfg, tokenizer))
     out = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path / "model.pt")],
+        [sys.executable, "-c", script, str(untrained_checkpoint(tmp_path, tokenizer))],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],

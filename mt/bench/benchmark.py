@@ -21,7 +21,7 @@ from mt.checkpoint import load_model
 from mt.commands import BenchmarkRunConfig
 from mt.cpu import cpu_flags
 from mt.data.prepare import prepare_data
-from mt.runtime import ONEDNN_CACHE_VARIABLES, set_seed, use_device
+from mt.runtime import onednn_caches, set_seed, use_device
 
 
 def machine_description(device: torch.device) -> str:
@@ -63,7 +63,7 @@ def run_benchmark(cfg: BenchmarkRunConfig, out_dir: str | Path) -> dict:
         "cpu_flags": cpu_flags(),
         "environment": {k: os.environ[k] for k in KERNEL_ENVIRONMENT if k in os.environ},
         # kernels oneDNN keeps built, here (training); each decoding contestant reports its own
-        "onednn_caches": {k: os.environ.get(k) for k in ONEDNN_CACHE_VARIABLES},
+        "onednn_caches": onednn_caches(),
         "torch": torch.__version__,
         "model": asdict(cfg.model),
         "batch_tokens": cfg.train.batch_tokens,

@@ -10,7 +10,6 @@ fastest round counts). Each reports, greedy and beam 5: words/s, sentences/s, BL
 validation (modes are compared on validation), model size on disk and peak memory.
 """
 
-import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -28,7 +27,7 @@ from mt.data.corpus import load_split
 from mt.decoding.loading import load_translator
 from mt.export.convert import QUANTIZATIONS, export_checkpoint
 from mt.metrics import score
-from mt.runtime import ONEDNN_CACHE_VARIABLES, auto_candidates
+from mt.runtime import auto_candidates, onednn_caches
 
 SEARCHES = (("greedy", 1), ("beam5", 5))
 BLEU_MARGIN = 0.5  # a CTranslate2 mode may cost at most this much validation BLEU
@@ -114,7 +113,7 @@ def measure(
             )
             result[name]["auto"] = choice.report()
     result["peak_memory_mb"] = round(peak_memory_mb(torch.device(device)), 1)
-    result["onednn_caches"] = {name: os.environ.get(name) for name in ONEDNN_CACHE_VARIABLES}
+    result["onednn_caches"] = onednn_caches()
     return result
 
 

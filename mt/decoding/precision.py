@@ -115,8 +115,8 @@ def decode_probe(
     device: torch.device,
 ) -> Callable[[], None]:
     """A function that runs what a search runs on a full batch: encode sentences of
-    :data:`PROBE_SOURCE_LENGTH` subwords (as many as ``batch_tokens`` holds), repeat the memory
-    per beam, then :data:`PROBE_STEPS` decode steps over every row, each followed by a
+    :data:`PROBE_SOURCE_LENGTH` subwords (as many as ``batch_tokens`` holds), its beams sharing
+    the memory, then :data:`PROBE_STEPS` decode steps over every row, each followed by a
     float32 argmax and a reordering of the caches as beam search does."""
     length = min(PROBE_SOURCE_LENGTH, model.max_positions - 1)
     sentences = max(1, batch_tokens // length)
@@ -127,7 +127,7 @@ def decode_probe(
     @torch.inference_mode()
     def probe() -> None:
         with context:
-            state = start_state(model, src, ids, repeat=beam_size)
+            state = start_state(model, src, ids, group=beam_size)
             tokens = torch.full((len(rows),), ids.bos, device=device)
             for _ in range(PROBE_STEPS):
                 tokens = model.decode_step(tokens, state).float().max(-1).indices

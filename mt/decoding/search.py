@@ -106,12 +106,12 @@ def check_interval(device: torch.device, check_every: int | None) -> int:
     return 1 if device.type == "cpu" else 8
 
 
-def start_state(model: Searchable, src: Tensor, ids: SpecialIds, repeat: int = 1):
-    """Encode ``src`` (B, S) and the decoder state for it, with ``repeat`` rows per sentence
+def start_state(model: Searchable, src: Tensor, ids: SpecialIds, group: int = 1):
+    """Encode ``src`` (B, S) and the decoder state for it, with ``group`` rows per sentence
     (beam search's K beams), next to each other, sharing the sentence's memory."""
     src_mask = padding_mask(src == ids.pad)  # (B, 1, 1, S)
     memory = model.encode(src, src_mask)  # (B, S, D), or one per model of an ensemble
-    return model.init_state(memory, src_mask, repeat)
+    return model.init_state(memory, src_mask, group)
 
 
 @torch.inference_mode()
@@ -295,7 +295,7 @@ def beam_search(
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
     max_lens = room_for_prefix(max_lens, prefix, ids.pad, model.max_positions - 1)
     longest = int(max_lens.max())
-    state = start_state(model, src, ids, repeat=k)
+    state = start_state(model, src, ids, group=k)
     beams = Beams.start(src.size(0), k, longest, ids, device)
     for step in range(1, longest + 1):
         logits = model.decode_step(beams.prefixes[:, -1], state)  # (b*K, V), the model's dtype

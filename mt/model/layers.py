@@ -122,7 +122,7 @@ class DecoderLayer(nn.Module):
         """Cross-attention of h (B, T, D) to the memory, shared by ``group`` rows at a time."""
         if group == 1:
             return self.cross_attn(h, kv=memory_kv, mask=src_mask)[0]
-        b, t, d = h.shape  # t = 1: one position per row
-        queries = h.reshape(b // group, group * t, d)  # (N, group, D): a sentence's rows
-        out = self.cross_attn(queries, kv=memory_kv, mask=src_mask)[0]  # (N, group, D)
+        b, t, d = h.shape  # each query position attends on its own: any T regroups alike
+        queries = h.reshape(b // group, group * t, d)  # (N, group*T, D): a sentence's rows
+        out = self.cross_attn(queries, kv=memory_kv, mask=src_mask)[0]  # (N, group*T, D)
         return out.reshape(b, t, d)
