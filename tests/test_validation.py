@@ -1,15 +1,21 @@
 """Scoring during training (mt/training/validation.py): the validation loss is the per-token
 NLL of the model's own forward pass, BLEU is scored on the raw references, and the test pass
-writes what it scored."""
+writes what it scored; a run says when validating eats into its budget."""
 
+import logging
 import math
+import time
 
 import torch
 
 from mt.data.prepare import prepare_data
 from mt.files import hypothesis_file
+from mt.loggers import ListLogger
 from mt.metrics import score
 from mt.model.transformer import build_model
+from mt.training.progress import Progress
+from mt.training.report import validation_share_warning
+from mt.training.trainer import Trainer
 from mt.training.validation import Validator
 from tests.conftest import small_run
 
@@ -70,3 +76,27 @@ def test_test_pass_writes_the_hypotheses_it_scored(tmp_path):
     )
     assert len(written) == len(test.sources)
     assert scores.bleu == score(written, test.references).bleu
+
+
+def test_validation_that_eats_the_budget_is_named_with_an_interval_that_would_not():
+    # 17 of 100 minutes validating every 200 updates: ~4x fewer validations bring it to ~5%.
+    warning = validation_share_warning(
+        Progress(train_seconds=6000, validation_seconds=1020), val_every_steps=200
+    )
+    assert "17%" in warning and "train.val_every_steps=800 (now 200)" in warning
+    ten_percent = Progress(train_seconds=6000, validation_seconds=600)
+    assert validation_share_warning(ten_percent, val_every_steps=200) is None
+    assert validation_share_warning(Progress(), 200) is None  # nothing timed yet
+
+
+def test_a_run_warns_once_when_validation_takes_most_of_its_time(tmp_path, monkeypatch, caplog):
+    def slow_validation(self):
+        time.sleep(0.5)  # far longer than two updates of the small model
+        return {"val/loss": 1.0, "val/ppl": 1.0}
+
+    monkeypatch.setattr(Validator, "validate", slow_validation)
+    cfg = small_run(tmp_path, max_steps=8, val_every_steps=2)
+    with caplog.at_level(logging.WARNING, logger="mt.training.trainer"):
+        Trainer(cfg, tmp_path / "run", logger=ListLogger()).fit()
+    warnings = [r.getMessage() for r in caplog.records if "validation has taken" in r.getMessage()]
+    assert len(warnings) == 1 and "(now 2)" in warnings[0]

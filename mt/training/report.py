@@ -40,6 +40,41 @@ def training_metrics(loss: float, speed: float, lr: float, p: Progress) -> dict[
     }
 
 
+# Validation beyond this share of a run's wall clock earns a warning: every minute of it is one
+# less of training within a time budget. Single-direction runs of the default spend ~5%.
+VALIDATION_SHARE_WARNING = 0.15
+VALIDATION_SHARE_TARGET = 0.05
+
+
+def validation_share_warning(p: Progress, val_every_steps: int) -> str | None:
+    """A warning when validating has taken more than :data:`VALIDATION_SHARE_WARNING` of the
+    run's wall clock so far (many directions, long validation splits, a fast training step),
+    naming the ``train.val_every_steps`` that would bring it near
+    :data:`VALIDATION_SHARE_TARGET`; else None."""
+    if p.train_seconds <= 0 or p.validation_seconds <= 0:
+        return None
+    share = p.validation_seconds / p.train_seconds
+    if share <= VALIDATION_SHARE_WARNING:
+        return None
+    # Validation v and training u per interval: v / (v + k u) = target for k intervals as one.
+    stretch = share * (1 - VALIDATION_SHARE_TARGET) / (VALIDATION_SHARE_TARGET * (1 - share))
+    suggested = math.ceil(val_every_steps * stretch / 100) * 100
+    return (
+        f"validation has taken {share:.0%} of this run's time so far "
+        f"({p.validation_seconds / 60:.1f} of {p.train_seconds / 60:.1f} minutes), time the "
+        f"budget cannot train; train.val_every_steps={suggested} (now {val_every_steps}) would "
+        f"bring it near {VALIDATION_SHARE_TARGET:.0%}"
+    )
+
+
+def warn_validation_share(p: Progress, val_every_steps: int) -> bool:
+    """Log :func:`validation_share_warning` if there is one; True when it was logged."""
+    warning = validation_share_warning(p, val_every_steps)
+    if warning is not None:
+        log.warning(warning)
+    return warning is not None
+
+
 def test_metrics(test: dict) -> dict[str, float]:
     """The test scores as logged metrics: ``test/bleu``, ``test/chrf`` (of several directions:
     their means) and each direction's ``test/de-en/bleu``..."""
