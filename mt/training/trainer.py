@@ -105,7 +105,7 @@ class Trainer:
         self.progress = Progress()
         self.budget = Budget(cfg.train)
         self.stopped_early = False  # by train.patience
-        self.warned_validation_share = False
+        self.warned_validation_share = False  # warned once a run, by rank 0, not as it ends
         self.attention_plots = cfg.train.val_attention_plot  # off if matplotlib is missing
         self.updater = self.build_updater(start.state, source=str(start.source))
         if self.budget_fit is not None:  # a fresh run (a resumed one restored its own)
@@ -359,7 +359,7 @@ class Trainer:
             m.start += paused  # speeds exclude validation
             p.validation_seconds += paused
             p.train_seconds = self.budget.seconds()  # validation included, as in the budget
-            if not (limit or self.warned_validation_share):  # once, and not as the run ends
+            if self.dist.is_main and not (limit or self.warned_validation_share):
                 self.warned_validation_share = report.warn_validation_share(p, t.val_every_steps)
             if patience_exhausted(t.patience, p, self.dist):
                 self.stopped_early = True
