@@ -41,7 +41,8 @@ def training_metrics(loss: float, speed: float, lr: float, p: Progress) -> dict[
 
 
 # Validation beyond this share of a run's wall clock earns a warning: every minute of it is one
-# less of training within a time budget. Single-direction runs of the default spend ~5%.
+# less of training within a time budget. The target is about what the single-direction default
+# spends (docs/results.md, "At equal wall time").
 VALIDATION_SHARE_WARNING = 0.15
 VALIDATION_SHARE_TARGET = 0.05
 
