@@ -100,3 +100,10 @@ def test_a_run_warns_once_when_validation_takes_most_of_its_time(tmp_path, monke
         Trainer(cfg, tmp_path / "run", logger=ListLogger()).fit()
     warnings = [r.getMessage() for r in caplog.records if "validation has taken" in r.getMessage()]
     assert len(warnings) == 1 and "(now 2)" in warnings[0]
+
+    # A run whose only validation is its last is not told to validate less: it has ended.
+    caplog.clear()
+    cfg = small_run(tmp_path, max_steps=2, val_every_steps=100)
+    with caplog.at_level(logging.WARNING, logger="mt.training.trainer"):
+        Trainer(cfg, tmp_path / "ended", logger=ListLogger()).fit()
+    assert "validation has taken" not in caplog.text

@@ -52,9 +52,7 @@ def validation_share_warning(p: Progress, val_every_steps: int) -> str | None:
     run's wall clock so far (many directions, long validation splits, a fast training step),
     naming the ``train.val_every_steps`` that would bring it near
     :data:`VALIDATION_SHARE_TARGET`; else None."""
-    if p.train_seconds <= 0 or p.validation_seconds <= 0:
-        return None
-    share = p.validation_seconds / p.train_seconds
+    share = p.validation_seconds / p.train_seconds if p.train_seconds > 0 else 0.0
     if share <= VALIDATION_SHARE_WARNING:
         return None
     # Validation v and training u per interval: v / (v + k u) = target for k intervals as one.
