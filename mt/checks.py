@@ -154,6 +154,8 @@ def check_decode(dec: DecodeConfig, prefix: str = "") -> None:
     _positive(prefix, dec, ["max_len_b", "batch_tokens"])
     if dec.threads is not None and dec.threads < 1:
         raise ValueError(f"{prefix}threads={dec.threads} must be at least 1 (or null: all cores)")
+    if dec.workers < 1:
+        raise ValueError(f"{prefix}workers={dec.workers} must be at least 1 (1: search here)")
     check_precision(f"{prefix}precision", dec.precision)
 
 

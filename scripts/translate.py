@@ -59,6 +59,9 @@ def main(cfg: DictConfig) -> None:
     except BrokenPipeError:  # the reader went away (e.g. `| head`): no error at exit either
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
+    except ChildProcessError as err:  # a decoding worker died: what was written stays
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     except OSError as err:  # e.g. a full disk: what was written stays, the rest is not lost
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print(f"error: cannot write the translations: {err.strerror or err}", file=sys.stderr)

@@ -125,6 +125,19 @@ def test_train_evaluate_translate(tmp_path):
     )
     assert piped.stdout.count("\n") == 3
     assert piped.stdout.split("\n")[1] == ""
+    # Two worker processes, one sentence per batch in both: the same lines, in order.
+    lines = "Ein Hund läuft.\n\nZwei Männer.\nEine Frau.\n"
+    alone, side_by_side = (
+        run(
+            "scripts/translate.py",
+            f"checkpoint={run_dir / 'best.pt'}",
+            "batch_tokens=1",
+            f"workers={n}",
+            stdin=lines,
+        ).stdout
+        for n in (1, 2)
+    )
+    assert side_by_side == alone and alone.count("\n") == 4
     bad = run(
         "scripts/translate.py",
         f"checkpoint={run_dir / 'best.pt'}",

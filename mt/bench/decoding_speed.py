@@ -26,6 +26,7 @@ from mt.config import DecodeConfig
 from mt.data.corpus import load_split
 from mt.decoding.loading import load_translator
 from mt.export.convert import QUANTIZATIONS, export_checkpoint
+from mt.export.exported import is_exported
 from mt.metrics import score
 from mt.runtime import auto_candidates, onednn_caches
 
@@ -91,9 +92,12 @@ def measure(
     the validation split (BLEU only)."""
     torch.set_num_threads(threads)
     settings = replace(decode, n_best=1, precision=precision, threads=threads)
+    if is_exported(path):  # CTranslate2 puts batches side by side itself (inter_threads)
+        settings = replace(settings, workers=1)
     translator, _ = load_translator(path, settings, device)
     sources, references = texts["test"]
     result: dict = {"engine": translator.engine, "precision": precision}
+    result["workers"] = settings.workers
     for name, beam in SEARCHES:
         search = translator.with_settings(replace(settings, beam_size=beam))
         search.translate(sources[:50])  # warm-up (and ``auto``'s timing: not in the clock)

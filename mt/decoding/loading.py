@@ -11,6 +11,7 @@ from mt.data.languages import choose_target
 from mt.decoding.ctranslate2 import CTranslate2Translator
 from mt.decoding.ensemble import Ensemble
 from mt.decoding.translator import Translator
+from mt.decoding.workers import SearchWorkers, check_workers, threads_per_worker
 from mt.export.exported import is_exported, load_exported
 from mt.runtime import DECODING_ONEDNN_CACHE_CAPACITY, use_device
 
@@ -47,10 +48,13 @@ def load_translator(
 def _load(checkpoint: Any, settings: DecodeConfig, device: str) -> tuple[Translator, RunConfig]:
     paths = checkpoint_paths(checkpoint)
     if len(paths) == 1 and is_exported(paths[0]):
+        check_workers(settings, torch.device("cpu"), exported=True)
         exported = load_exported(paths[0], threads=settings.threads)
         return CTranslate2Translator(exported, settings), exported.config
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    if settings.threads or settings.workers > 1:
+        torch.set_num_threads(
+            threads_per_worker(settings) if settings.workers > 1 else settings.threads
+        )
     if any(is_exported(p) for p in paths):
         raise ValueError(f"an ensemble takes .pt checkpoints, not exported folders: {paths}")
     target_device = use_device(device, onednn_cache=DECODING_ONEDNN_CACHE_CAPACITY)
@@ -62,4 +66,8 @@ def _load(checkpoint: Any, settings: DecodeConfig, device: str) -> tuple[Transla
                 "needs models trained with one vocabulary"
             )
     model = loaded[0].model if len(loaded) == 1 else Ensemble([x.model for x in loaded])
-    return Translator(model, loaded[0].tokenizer, settings), loaded[0].config
+    translator = Translator(model, loaded[0].tokenizer, settings)
+    if settings.workers > 1:
+        check_workers(settings, target_device, exported=False)
+        translator.workers = SearchWorkers(load_translator, paths, settings, str(target_device))
+    return translator, loaded[0].config

@@ -22,6 +22,7 @@ from mt.data.tokenizer import Tokenizer
 from mt.decoding.precision import PrecisionModels
 from mt.decoding.sampling import Sampler
 from mt.decoding.search import SpecialIds, beam_search, greedy_search
+from mt.decoding.workers import Job, SearchWorkers, balanced_batch_tokens
 from mt.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Translator:
         # Source ids + EOS must fit the positional table.
         self.max_src_tokens = max_positions - 1
         self._generator: torch.Generator | None = None  # sampling's, made on first use
+        self.workers: SearchWorkers | None = None  # processes searching batches side by side
         self._target(tgt_lang)
 
     def _target(self, tgt_lang: str | None) -> None:
@@ -129,12 +131,26 @@ class Translator:
         results: list[list[Translation]] = [[Translation("", None)] for _ in lines]
         todo = [i for i, ids in enumerate(encoded) if ids]
         with self._inference():
-            for batch in self._batches(todo, encoded):
-                sources = [encoded[i] for i in batch]
-                prefix = [forced[i] for i in batch] if forced else None
-                for i, nbest in zip(batch, self._search(sources, n_best, prefix)):
+            batches = self._batches(todo, encoded)
+            jobs = [
+                ([encoded[i] for i in b], [forced[i] for i in b] if forced else None)
+                for b in batches
+            ]
+            for batch, found in zip(batches, self._search_all(jobs, n_best)):
+                for i, nbest in zip(batch, found):
                     results[i] = [replace(t, truncated=True) for t in nbest] if i in cut else nbest
         return results
+
+    def _side_by_side(self) -> bool:
+        return self.workers is not None and not self.settings.sampling
+
+    def _search_all(self, jobs: list[Job], n_best: int) -> Iterator[list[list[Translation]]]:
+        """:meth:`_search` of each batch, in order: here, or side by side in the worker
+        processes (``decode.workers``; sampling draws here, from this translator's seed)."""
+        if not self._side_by_side():
+            return (self._search(sources, n_best, prefix) for sources, prefix in jobs)
+        settings = replace(self.settings, precision=self.precision())
+        return self.workers.search(settings, jobs, n_best)
 
     @contextmanager
     def _inference(self) -> Iterator[None]:
@@ -178,7 +194,10 @@ class Translator:
         """Lines ``todo`` grouped by length under ``decode.batch_tokens`` source positions
         (the training batcher's rule, sources only)."""
         lengths = np.fromiter((len(encoded[i]) for i in todo), dtype=np.int64, count=len(todo))
-        groups = token_batches(lengths, None, self.settings.batch_tokens)
+        budget = self.settings.batch_tokens
+        if self._side_by_side():
+            budget = balanced_batch_tokens(self.settings, int(lengths.sum()))
+        groups = token_batches(lengths, None, budget)
         return [[todo[j] for j in group.tolist()] for group in groups]
 
     def _search(
