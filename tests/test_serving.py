@@ -168,6 +168,19 @@ def test_32_concurrent_requests_equal_the_same_lines_one_by_one(server):
     assert after["run"] - before["run"] < 32  # requests shared batches
 
 
+def test_worker_processes_serve_the_same_translations(server, checkpoint):
+    lines = [" ".join("abcdefghij"[(i * k) % 10] for k in range(1, 2 + i % 7)) for i in range(16)]
+    alone = [server.post({"text": line}).json()["translations"][0]["text"] for line in lines]
+    s = Server(checkpoint, "beam_size=2", "max_wait_ms=20", "workers=2")
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            together = list(pool.map(lambda x: s.post({"text": x}).json(), lines))
+        assert [a["translations"][0]["text"] for a in together] == alone
+        assert s.client.get("/info").json()["decode"]["workers"] == 2
+    finally:
+        assert s.stop() == 0  # the workers end with the server
+
+
 def test_health_answers_while_the_model_is_busy(server):
     with ThreadPoolExecutor(9) as pool:
         busy = [

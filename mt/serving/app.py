@@ -118,6 +118,7 @@ def _routes(
                 "max_len_a": cfg.max_len_a,
                 "max_len_b": cfg.max_len_b,
                 "tgt_lang": languages.default,
+                "workers": translator.workers.count if translator.workers else 1,
             },
             "target_languages": languages.targets,
             "limits": {
