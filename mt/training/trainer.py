@@ -48,6 +48,7 @@ from mt.training.progress import (
     stop_on_signals,
 )
 from mt.training.progress_display import ProgressDisplay
+from mt.training.shared_cores import SharedCoresWatch, cpu_threads
 from mt.training.updates import Updater
 from mt.training.validation import Validator
 
@@ -106,6 +107,7 @@ class Trainer:
         self.budget = Budget(cfg.train)
         self.stopped_early = False  # by train.patience
         self.warned_validation_share = False  # warned once a run, by rank 0, not as it ends
+        self.shared_cores = SharedCoresWatch(threads=cpu_threads(self.device, self.dist))
         self.attention_plots = cfg.train.val_attention_plot  # off if matplotlib is missing
         self.updater = self.build_updater(start.state, source=str(start.source))
         if self.budget_fit is not None:  # a fresh run (a resumed one restored its own)
@@ -340,6 +342,7 @@ class Trainer:
         signal on one stops all, and the clock of the slowest rank sets the learning rate of
         all. Returns None to go on, else why training stops."""
         t, p, m = self.cfg.train, self.progress, self.meter
+        self.shared_cores.check()  # reads the threads' waits every MIN_WINDOW_SECONDS
         if p.step % t.log_every_steps == 0:
             self.check_nonfinite()
             now = time.monotonic()
