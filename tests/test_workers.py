@@ -4,7 +4,11 @@ one process translates, in input order; misuse and a dead worker are one clear e
 import copy
 import os
 import signal
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +19,8 @@ from mt.config import DecodeConfig
 from mt.decoding.loading import load_translator
 from mt.decoding.translator import Translator
 from mt.decoding.workers import balanced_batch_tokens, check_workers
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def in_parent(translator: Translator) -> Translator:
@@ -81,6 +87,37 @@ def test_a_dead_worker_is_one_clear_error(tmp_path, tokenizer):
             translator.translate(synthetic_sentences(20, seed=5))
     finally:
         translator.workers.close()
+
+
+def worker_children(pid: int) -> list[int]:
+    """The spawned worker processes among ``pid``'s children."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            found.append(int(child))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads /proc for the children")
+def test_translate_py_says_in_one_line_that_a_worker_died(tmp_path, tokenizer):
+    path = untrained_checkpoint(tmp_path, tokenizer)
+    script = [sys.executable, "scripts/translate.py", f"checkpoint={path}", "workers=2"]
+    process = subprocess.Popen(
+        script, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers := worker_children(process.pid)) < 2:
+            assert time.monotonic() < deadline and process.poll() is None, "no workers started"
+            time.sleep(0.2)
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        _, err = process.communicate(input=b"a b c\nd e\n", timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 2, err
+    assert b"error: a decoding worker process stopped" in err and b"Traceback" not in err
 
 
 def test_workers_are_refused_where_they_do_not_apply():

@@ -10,7 +10,6 @@ once (no fork of a process running torch) with its own copy of the model and
 resolves ``precision=auto``; a worker only searches batches of ids.
 """
 
-import logging
 import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -23,8 +22,6 @@ from typing import Any
 import torch
 
 from mt.config import DecodeConfig
-
-log = logging.getLogger(__name__)
 
 Job = tuple[list[list[int]], list[list[int]] | None]  # one batch: its sources and prefixes
 
