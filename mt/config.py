@@ -231,8 +231,9 @@ class DecodeConfig:
     workers: int = 1
     """Processes searching batches side by side on a CPU, ``threads // workers`` threads each
     (mt/decoding/workers.py): faster where one batch's small products do not use all the
-    cores, at a copy of the model per worker and ~2 s to start them. Not for training's own
-    validation, sampling or exported models (those translate batches side by side already)."""
+    cores, at a copy of the model per worker and their start (each loads torch and the
+    checkpoint; benchmarks/README.md). Not for training's own validation, sampling or exported
+    models (those translate batches side by side already)."""
     sampling: bool = False
     """Draw each next token instead of searching (mt/decoding/sampling.py; needs beam_size=1):
     ``n_best`` independent samples per line. ``top_k=1`` is greedy search."""
