@@ -5,7 +5,8 @@ slowest. When another process runs on one of those cores, the thread there gets 
 and every operation waits for it: training then runs several times slower than it would on the
 cores that are free (benchmarks/README.md, "Worker processes for decoding"). Linux counts, per
 thread, the time it was ready to run but waited for a CPU (``/proc/self/task/*/schedstat``, its
-second field); a thread that waited a large share of the wall clock sits on a shared core.
+second field); threads that waited, summed, a large share of a core's time share cores with
+other work.
 """
 
 import logging
