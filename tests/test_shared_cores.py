@@ -67,5 +67,6 @@ def test_a_run_warns_once_when_its_cores_are_shared(tmp_path, monkeypatch, caplo
     # A run on cores of its own is not warned.
     caplog.clear()
     monkeypatch.setattr(shared_cores, "thread_waits", lambda: {7: 0.0})
-    trainer.Trainer(cfg, tmp_path / "alone", logger=ListLogger()).fit()
+    with caplog.at_level(logging.WARNING, logger="mt.training.shared_cores"):
+        trainer.Trainer(cfg, tmp_path / "alone", logger=ListLogger()).fit()
     assert "using this run's cores" not in caplog.text

@@ -51,10 +51,8 @@ def _load(checkpoint: Any, settings: DecodeConfig, device: str) -> tuple[Transla
         check_workers(settings, torch.device("cpu"), exported=True)
         exported = load_exported(paths[0], threads=settings.threads)
         return CTranslate2Translator(exported, settings), exported.config
-    if settings.threads or settings.workers > 1:
-        torch.set_num_threads(
-            threads_per_worker(settings) if settings.workers > 1 else settings.threads
-        )
+    if settings.threads or settings.workers > 1:  # a worker's share of them (all of 1)
+        torch.set_num_threads(threads_per_worker(settings))
     if any(is_exported(p) for p in paths):
         raise ValueError(f"an ensemble takes .pt checkpoints, not exported folders: {paths}")
     target_device = use_device(device, onednn_cache=DECODING_ONEDNN_CACHE_CAPACITY)
