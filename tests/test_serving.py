@@ -276,6 +276,11 @@ def test_the_page_translates_and_draws_the_attention_in_a_browser(server, tmp_pa
 
     browser = chromium_driver()
     try:
+        # Every response comes late, so the click lands before the page has read /info: the
+        # page must still translate with the server's beam size (2), not the form's 5.
+        browser.execute_cdp_cmd("Network.enable", {})
+        slow = dict(offline=False, latency=400, downloadThroughput=-1, uploadThroughput=-1)
+        browser.execute_cdp_cmd("Network.emulateNetworkConditions", slow)
         browser.get(server.url + "/")
         browser.find_element(By.ID, "source").send_keys("a b c d")
         browser.find_element(By.ID, "translate").click()

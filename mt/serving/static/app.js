@@ -5,6 +5,7 @@ const $ = (id) => document.getElementById(id);
 let current = null; // the last answer's first entry with attention
 
 async function translate() {
+  await described; // the server's defaults (beam size, target language) are in the form first
   const lines = $("source").value.split("\n").filter((l) => l.trim() !== "");
   if (lines.length === 0) return;
   const beam = Number($("beam").value), nbest = Math.min(Number($("nbest").value), beam);
@@ -123,8 +124,8 @@ async function describe() {
   } catch (err) { /* the page works without it */ }
 }
 
+const described = describe();
 $("translate").addEventListener("click", translate);
 $("source").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) translate();
 });
-describe();
