@@ -287,6 +287,48 @@ def test_packed_token_embedding_equals_the_bf16_lookup_and_output_layer():
 
 
 @needs_packing
+def test_packed_attention_equals_the_bf16_attention_in_each_of_its_uses():
+    """One product for self-attention's q, k, v (and the memory's k, v) computes the three
+    projections: self-attention over a prefix, step by step through the cache, and attention to
+    a projected memory, as the bf16 module computes them."""
+    from mt.kernels.packed import PackedMultiHeadAttention
+    from mt.model.attention import KVCache
+
+    torch.manual_seed(0)
+    plain = use_kernels(MultiHeadAttention(d_model=48, n_heads=4), "auto").to(torch.bfloat16)
+    packed = PackedMultiHeadAttention(plain.eval())
+    assert packed.attention is fast_attention
+    x, memory = torch.randn(2, 5, 48).bfloat16(), torch.randn(2, 7, 48).bfloat16()  # MASK: 2
+    with torch.inference_mode():
+        outputs = [(plain(x, is_causal=True)[0], packed(x, is_causal=True)[0])]
+        kv, fused_kv = plain.project_kv(memory), packed.project_kv(memory)
+        outputs += list(zip(kv, fused_kv, strict=True))
+        outputs.append((plain(x, kv=kv, mask=MASK)[0], packed(x, kv=fused_kv, mask=MASK)[0]))
+        caches = KVCache(), KVCache()
+        for t in range(3):
+            step = x[:, t : t + 1]
+            outputs.append((plain(step, cache=caches[0])[0], packed(step, cache=caches[1])[0]))
+    for expected, fast in outputs:
+        assert fast.shape == expected.shape and fast.dtype == torch.bfloat16
+        torch.testing.assert_close(fast.float(), expected.float(), **BF16)
+
+
+@needs_packing
+def test_packed_feed_forward_applies_relu_in_its_first_product():
+    from mt.kernels.packed import PackedFeedForward
+    from mt.model.layers import FeedForward
+
+    torch.manual_seed(0)
+    plain = FeedForward(d_model=48, d_ff=96, dropout=0.0).to(torch.bfloat16).eval()
+    packed = PackedFeedForward(plain)
+    x = torch.randn(3, 5, 48).bfloat16()
+    with torch.inference_mode():
+        hidden, expected, fast = packed.fc1(x), plain(x), packed(x)
+    assert hidden.min() == 0 and (hidden == 0).float().mean() > 0.2  # through ReLU
+    torch.testing.assert_close(fast.float(), expected.float(), **BF16)
+
+
+@needs_packing
 def test_the_bf16_search_copy_packs_its_linears_only_with_the_kernels_on():
     from mt.decoding.precision import PrecisionModels
     from mt.kernels import kernels_of

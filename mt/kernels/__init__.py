@@ -14,8 +14,10 @@ plain (mt/model/)             kernel (mt/kernels/)
                               query position); no weights kept
 ``model.loss``                :mod:`mt.kernels.loss`: blockwise, its own backward
 ``nn.Linear``, the tied       :class:`~mt.kernels.packed.PackedLinear`,
-output layer (bf16 copy for   :class:`~mt.kernels.packed.PackedTokenEmbedding`: the weight
-search, on a CPU)             packed once for oneDNN (mt/decoding/precision.py)
+output layer, attention's     :class:`~mt.kernels.packed.PackedTokenEmbedding`, ``Packed``
+projections, feed-forward     ``MultiHeadAttention`` / ``FeedForward``: weights packed once
+(bf16 copy for search, on a   for oneDNN, q/k/v one product, ReLU inside the product
+CPU)                          (mt/decoding/precision.py)
 ============================  ===========================================================
 
 tests/test_kernels.py holds each kernel equal to its plain counterpart, forward and gradients.

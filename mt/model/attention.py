@@ -111,6 +111,10 @@ class MultiHeadAttention(nn.Module):
         """(B, Tk, D) -> keys, values (B, H, Tk, Dh): done once per sentence for memory."""
         return self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
 
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, D) -> queries, keys, values (B, H, T, Dh): self-attention's projections."""
+        return self.split_heads(self.q_proj(x)), *self.project_kv(x)
+
     def forward(
         self,
         query: Tensor,
@@ -129,13 +133,12 @@ class MultiHeadAttention(nn.Module):
         Returns:
             output (B, Tq, D) and weights (B, H, Tq, Tk) when ``need_weights``, else None.
         """
-        q = self.split_heads(self.q_proj(query))  # (B, H, Tq, Dh)
         if kv is None:
-            k, v = self.project_kv(query)
+            q, k, v = self.project_qkv(query)  # (B, H, Tq, Dh) each
             if cache is not None:
                 k, v = cache.append(k, v)  # (B, H, t, Dh): all steps so far
         else:
-            k, v = kv
+            q, (k, v) = self.split_heads(self.q_proj(query)), kv  # q (B, H, Tq, Dh)
         attend = scaled_dot_product_attention if self.need_weights else self.attention
         dropout_p = self.dropout if self.training else 0.0
         out, weights = attend(q, k, v, mask=mask, is_causal=is_causal, dropout_p=dropout_p)
