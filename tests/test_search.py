@@ -56,6 +56,20 @@ def test_greedy_follows_argmax_and_stops_at_eos():
     assert out == [[3, 4]]
 
 
+def test_greedy_takes_the_first_of_tied_maxima_in_bf16_as_in_float32():
+    """A bf16 model's logits tie often (8 significant bits); greedy takes the first maximum,
+    the token float32 would take from the same values."""
+    table = [
+        dist(0, 0, 0.1, 0.3, 0.3, 0.3),
+        dist(0, 0, 0.2, 0.1, 0.35, 0.35),  # ties: the first of them
+        dist(0, 0, 1, 0, 0, 0),
+    ]
+    bf16 = ScriptedModel([row.bfloat16().float() for row in table])
+    bf16.decode_step = lambda t, s, step=bf16.decode_step: step(t, s).bfloat16()
+    assert greedy_search(bf16, torch.tensor([[3, 3, 2]]), IDS) == [[3, 4]]
+    assert greedy_search(ScriptedModel(table), torch.tensor([[3, 3, 2]]), IDS) == [[3, 4]]
+
+
 def test_beam_finds_better_sequence_than_greedy():
     # Greedy takes "a" (0.6) then is stuck with 0.4 EOS; "b" (0.4) leads to a sure EOS.
     table = [dist(0, 0, 0.0, 0.6, 0.4), dist(0, 0, 0.4, 0.3, 0.3)]

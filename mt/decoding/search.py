@@ -163,11 +163,11 @@ def greedy_search(
     ended = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (b,)
     tokens = torch.full((batch_size,), ids.bos, dtype=torch.long, device=device)
     for step in range(1, longest + 1):
-        # float32 whatever the model computes in: a bf16 argmax is slow on CPUs and ties often.
-        logits = model.decode_step(tokens, state).float()  # (b, V)
+        logits = model.decode_step(tokens, state)  # (b, V), the model's dtype
         ban_specials(logits, ids)
-        # max's indices are argmax's (the first maximum), in a vectorised CPU kernel argmax lacks
-        tokens = choose(logits) if choose is not None else logits.max(dim=-1).indices  # (b,)
+        # max's indices are argmax's (the first maximum, ties included, in any dtype: widening
+        # changes no value), in a vectorised CPU kernel argmax lacks. Draws are in float32.
+        tokens = choose(logits.float()) if choose is not None else logits.max(dim=-1).indices
         if (forced := forced_tokens(prefix, active, step, ids.pad)) is not None:
             tokens = torch.where(forced != ids.pad, forced, tokens)
         at_limit = max_lens[active] <= step  # the limit counts EOS: EOS is forced here
