@@ -176,28 +176,6 @@ def test_looking_for_done_sentences_less_often_changes_nothing():
                 assert math.isclose(a.score, b.score, rel_tol=1e-5, abs_tol=1e-6)
 
 
-def test_greedy_keeps_finished_rows_up_to_the_rows_a_model_pads_to(monkeypatch):
-    """A model whose products pad their rows (the packed bf16 copy) keeps finished rows riding
-    along up to that padded count, never more, and translates the same."""
-    from mt.decoding.search import rows_to_keep
-
-    assert rows_to_keep(torch.tensor([True, False, True, False]), None).tolist() == [1, 3]
-    padded = lambda rows: -(-rows // 3) * 3  # noqa: E731  multiples of 3
-    assert rows_to_keep(torch.tensor([True, False, True, False]), padded).tolist() == [0, 1, 3]
-    assert rows_to_keep(torch.tensor([True, False, False]), padded) is None  # nothing to gain
-    torch.manual_seed(0)
-    model = small_model()
-    src = torch.cat([_varied_batch(), _varied_batch()])  # 14 sentences ending at 7 steps
-    lengths = dict(max_len_a=1.0, max_len_b=2)
-    plain = greedy_search(model, src, IDS, **lengths)
-    seen, step = [], model.decode_step  # rows of each step
-    monkeypatch.setattr(model, "decode_step", lambda t, s: seen.append(len(t)) or step(t, s))
-    monkeypatch.setattr(model, "padded_rows", padded, raising=False)
-    assert greedy_search(model, src, IDS, **lengths) == plain
-    assert seen[0] == 14 and all(rows % 3 == 0 for rows in seen if rows < 14)  # once it drops
-    assert len(set(seen)) > 3 and 13 not in seen  # drops, but only to padded counts
-
-
 def test_step_loop_reads_the_host_only_every_check_interval(monkeypatch):
     torch.manual_seed(0)
     model = small_model()

@@ -9,9 +9,6 @@ The model only has to provide (see :class:`Searchable`): ``encode(src, src_mask)
 ``init_state(memory, src_mask, group)`` (``group`` rows per sentence: beam search's K beams)
 returning a state with ``index_select(index, memory=...)``, and
 ``decode_step(tokens, state) -> logits``. Tests drive the searches with scripted fake models.
-A model may also say how many rows its products really compute for a given number
-(``padded_rows(rows)``: mt/kernels/packed.py pads them to a few sizes); greedy search then keeps
-finished rows riding along up to that number rather than dropping them (:func:`rows_to_keep`).
 """
 
 from collections.abc import Callable
@@ -109,19 +106,6 @@ def check_interval(device: torch.device, check_every: int | None) -> int:
     return 1 if device.type == "cpu" else 8
 
 
-def rows_to_keep(ended: Tensor, padded_rows: Callable[[int], int] | None) -> Tensor | None:
-    """Which of the rows (ended: (b,) bool) stay in the batch once some have ended: the live
-    ones, and where the model pads its products' rows (``padded_rows``), ended ones up to that
-    padded count, as they cost nothing there and keep the products from padding. None when that
-    is every row (nothing to drop)."""
-    live = (~ended).nonzero().squeeze(1)  # (b',)
-    size = len(live) if padded_rows is None else min(padded_rows(len(live)), len(ended))
-    if size == len(ended):
-        return None
-    riders = ended.nonzero().squeeze(1)[: size - len(live)]
-    return torch.cat([live, riders]).sort().values  # (size,) in the batch's order
-
-
 def start_state(model: Searchable, src: Tensor, ids: SpecialIds, group: int = 1):
     """Encode ``src`` (B, S) and the decoder state for it, with ``group`` rows per sentence
     (beam search's K beams), next to each other, sharing the sentence's memory."""
@@ -148,11 +132,10 @@ def greedy_search(
 
     Each step records, on the device, which rows end (EOS or their length limit) and their
     lengths; every ``check_every`` steps (see :func:`check_interval`) rows that ended leave the
-    batch (:func:`rows_to_keep`).
+    batch.
     """
     batch_size, device = src.size(0), src.device
     every = check_interval(device, check_every)
-    padded_rows = getattr(model, "padded_rows", None)
     max_lens = max_output_lengths(src, ids.pad, max_len_a, max_len_b, model.max_positions - 1)
     max_lens = room_for_prefix(max_lens, prefix, ids.pad, model.max_positions - 1)
     longest = int(max_lens.max())
@@ -179,7 +162,8 @@ def greedy_search(
             continue
         if bool(ended.all()):
             break
-        if bool(ended.any()) and (keep := rows_to_keep(ended, padded_rows)) is not None:
+        if bool(ended.any()):
+            keep = (~ended).nonzero().squeeze(1)
             active, tokens, ended = active[keep], tokens[keep], ended[keep]
             state.index_select(keep)
     rows, n = out.tolist(), lengths.tolist()  # one transfer at the end

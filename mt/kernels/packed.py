@@ -176,9 +176,7 @@ _PACKED = {
 def pack_linears(model: nn.Module) -> nn.Module:
     """Replace the attention, feed-forward blocks, other ``nn.Linear`` and the token embedding
     of ``model`` (inference-only, its weights in a dtype that :func:`can_pack`) by their packed
-    counterparts above, in place, and tell the search the rows its products compute
-    (``padded_rows``, mt/decoding/search.py); returns ``model``."""
-    model.padded_rows = bucket_rows
+    counterparts above, in place; returns ``model``."""
     pending = [model]
     while pending:
         module = pending.pop()
